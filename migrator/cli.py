@@ -1,0 +1,288 @@
+"""The `migrator` command: parse options, call one library function, render the result. No SQL here."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import click
+import psycopg
+from sqlalchemy import exc as sa_exc
+
+from migrator import console
+from migrator.db import DEFAULT_LOCK_TIMEOUT, Database, mask_dsn
+from migrator.errors import BadInputError, MigratorError
+from migrator.spec import Spec, load_spec
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_verbose = False
+_secrets: list[str] = []
+
+
+@dataclass
+class App:
+    """Global options and lazily built spec/database, shared by every command."""
+
+    dsn: str | None
+    spec_path: str | None
+    json: bool
+    yes: bool
+    verbose: bool
+    lock_timeout: float
+    _spec: Spec | None = field(default=None, repr=False)
+    _db: Database | None = field(default=None, repr=False)
+
+    @property
+    def spec(self) -> Spec:
+        if self._spec is None:
+            self._spec = load_spec(self.spec_path)
+        return self._spec
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            dsn = self.dsn
+            if not dsn:
+                from migrator import embedded
+
+                dsn = embedded.dsn()
+                if not self.json:
+                    console.info(f"no --dsn or DATABASE_URL: using the embedded PostgreSQL in {embedded.default_dir()}")
+            self._db = Database(dsn)
+            if self._db.password:
+                _secrets.append(self._db.password)
+        return self._db
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def _scrub(text: str) -> str:
+    for secret in _secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _remember_secret(dsn: str | None) -> None:
+    # Record the password before anything can fail, so even a DSN that does not parse is never echoed back.
+    if not dsn:
+        return
+    match = re.search(r"://[^:/@]*:([^@]*)@", dsn) or re.search(r"password\s*=\s*'?([^'\s]+)", dsn)
+    if match and match.group(1):
+        _secrets.append(match.group(1))
+
+
+def examples(*lines: str) -> Callable[[F], F]:
+    """Append an Examples section to a command's --help."""
+
+    def deco(fn: F) -> F:
+        text = "\n\n\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+        fn.__doc__ = (fn.__doc__ or "") + text
+        return fn
+
+    return deco
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--dsn", envvar="DATABASE_URL", help="PostgreSQL DSN (default: $DATABASE_URL, else embedded).")
+@click.option("--spec", "spec_path", envvar="MIGRATOR_SPEC", help="Spec TOML file (default: built-in projects).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--yes", "-y", is_flag=True, help="Answer yes to confirmations (scripts, CI).")
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks on errors.")
+@click.option(
+    "--lock-timeout",
+    type=float,
+    default=DEFAULT_LOCK_TIMEOUT,
+    show_default=True,
+    help="Seconds a DDL step waits for its lock before it retries.",
+)
+@click.version_option(package_name="migrator")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    dsn: str | None,
+    spec_path: str | None,
+    as_json: bool,
+    yes: bool,
+    verbose: bool,
+    lock_timeout: float,
+) -> None:
+    """Split a live wide PostgreSQL table into a normalized schema, phase by phase, without downtime.
+
+    \b
+    Phases:  expand -> backfill -> validate -> switch-reads -> switch-writes -> contract
+    Any state can be rolled back with `migrator rollback`.
+    """
+    global _verbose  # noqa: PLW0603 — the error handler runs after click's context is gone
+    _verbose = verbose
+    _remember_secret(dsn)
+    ctx.obj = App(dsn or None, spec_path, as_json, yes, verbose, lock_timeout)
+
+
+@cli.command()
+@click.option("--rows", type=click.IntRange(min=0), default=10_000, show_default=True, help="Projects to insert.")
+@click.option(
+    "--dirty-ratio",
+    type=click.FloatRange(0, 1),
+    default=0.05,
+    show_default=True,
+    help="Share of rows missing required variant fields, as the legacy app allowed.",
+)
+@click.option("--random-seed", type=int, default=42, show_default=True, help="Same seed, same data.")
+@examples("migrator seed --rows 1000000", "migrator --dsn postgresql://app@db/shop seed --rows 5000 --dirty-ratio 0.1")
+@pass_app
+def seed(app: App, rows: int, dirty_ratio: float, random_seed: int) -> None:
+    """Create the seed document's legacy schema (core_project & co) and insert synthetic rows."""
+    from migrator import seed as seed_mod
+
+    reporter = console.JsonReporter() if app.json else console.ProgressReporter("seeding core_project")
+    with reporter.running(), app.db.connect() as conn:
+        result = seed_mod.seed(
+            conn,
+            rows,
+            dirty_ratio=dirty_ratio,
+            random_seed=random_seed,
+            on_progress=reporter.progress,
+        )
+    if app.json:
+        console.print_json(
+            {
+                "event": "done",
+                "rows": result.rows,
+                "dirty": result.dirty,
+                "users": result.users,
+                "seconds": round(result.seconds, 3),
+            }
+        )
+    else:
+        console.success(
+            f"seeded {result.rows:,} projects ({result.dirty:,} dirty) and {result.users:,} users "
+            f"in {result.seconds:.1f} s"
+        )
+
+
+@cli.command()
+@click.argument("phase", required=False, type=click.Choice(["expand"]))
+@examples("migrator plan", "migrator plan expand > expand.sql", "migrator --spec payments.toml plan --json")
+@pass_app
+def plan(app: App, phase: str | None) -> None:
+    """Print the SQL each phase would run, in order. Writes nothing and needs no database."""
+    from migrator import planning
+
+    phases = planning.plans(app.spec, [phase] if phase else None, lock_timeout=app.lock_timeout)
+    if app.json:
+        console.print_json(
+            [
+                {
+                    "phase": p,
+                    "steps": [
+                        {"description": a.description, "sql": a.text(), "transactional": a.transactional}
+                        for a in actions
+                    ],
+                }
+                for p, actions in phases
+            ]
+        )
+        return
+    console.sql_script(planning.render_script(phases, lock_timeout=app.lock_timeout))
+
+
+@cli.command()
+@examples("migrator status", "migrator status --json | jq .state")
+@pass_app
+def status(app: App) -> None:
+    """Show the migration state, flags, table sizes and row counts, and the quarantine."""
+    from migrator import status as status_mod
+
+    st = status_mod.collect(app.db, app.spec)
+    if app.json:
+        console.print_json(st.as_dict())
+        return
+    nxt = f"   next: migrator {st.next_command}" if st.next_command else ""
+    console.out.print(f"[bold]{st.migration}[/] on {st.database}")
+    console.out.print(f"state: [bold cyan]{st.state}[/]{nxt}")
+    if st.read_percent or st.paused:
+        console.out.print(f"reads on split: {st.read_percent}%   paused: {console._fmt(st.paused)}")
+    rows = [
+        (
+            t.role,
+            t.table,
+            t.rows if t.exists else "absent" if t.rows is None else t.rows,
+            "" if t.exact or not t.exists else "estimate",
+            console.human_bytes(t.bytes),
+        )
+        for t in st.tables
+    ]
+    console.table("tables", ["role", "table", "rows", "", "size"], rows)
+    if st.quarantine_open is not None:
+        console.out.print(f"quarantine: {st.quarantine_open:,} open row(s)")
+
+
+@cli.command("embedded")
+@click.option("--stop", is_flag=True, help="Stop the kept embedded server.")
+@examples("migrator embedded", "migrator embedded --stop")
+@pass_app
+def embedded_cmd(app: App, stop: bool) -> None:
+    """Start (or show) the embedded PostgreSQL used when no DSN is given; --stop stops it."""
+    from migrator import embedded
+
+    if stop:
+        stopped = embedded.stop()
+        console.success("embedded PostgreSQL stopped" if stopped else "no embedded PostgreSQL was running")
+        return
+    dsn = embedded.dsn()
+    if app.json:
+        console.print_json({"dsn": mask_dsn(dsn), "data_dir": str(embedded.default_dir())})
+    else:
+        console.out.print(dsn)
+
+
+def _handle(exc: BaseException) -> int:
+    """One line for a human (a traceback only with -v); the exit code DESIGN.md assigns."""
+    if _verbose:
+        console.traceback()
+    if isinstance(exc, MigratorError):
+        console.error(_scrub(str(exc)))
+        return exc.exit_code
+    if isinstance(exc, sa_exc.DBAPIError | psycopg.Error):
+        orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+        state = getattr(orig, "sqlstate", None)
+        first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+        console.error(
+            _scrub(f"database error{f' {state}' if state else ''}: {first}")
+            + ("" if _verbose else "  (run with -v for the traceback)")
+        )
+        return 3
+    if isinstance(exc, OSError):
+        console.error(_scrub(f"{exc}"))
+        return 3
+    console.error(_scrub(f"unexpected error: {type(exc).__name__}: {exc}") + "  (run with -v for the traceback)")
+    return 3
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="migrator", standalone_mode=False)
+    except click.exceptions.Abort:
+        console.error("aborted")
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(BadInputError.exit_code if exc.exit_code == 2 else exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.error("interrupted; every completed step is committed, re-run the command to continue")
+        sys.exit(130)
+    except Exception as exc:
+        sys.exit(_handle(exc))
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

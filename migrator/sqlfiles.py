@@ -1,0 +1,71 @@
+"""SQL templates by name, and the one helper that turns names into identifiers.
+
+Templates live in sql/ (and validators/) as plain .sql files with `{placeholder}` slots. They are filled with
+psycopg.sql objects only: identifiers through `ident()`, literals (in DDL, which takes no bind parameters) through
+`literal()`, fragments through `join()`. Values in DML are bind parameters, never formatted in.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from psycopg import sql
+
+_PKG = Path(__file__).resolve().parent
+
+
+def _dir(name: str) -> Path:
+    # In a wheel the SQL folders sit inside the package; in a source checkout they sit at the repo root.
+    inside = _PKG / name
+    return inside if inside.is_dir() else _PKG.parent / name
+
+
+def sql_dir() -> Path:
+    return _dir("sql")
+
+
+def validators_dir() -> Path:
+    return _dir("validators")
+
+
+def runbooks_dir() -> Path:
+    return _dir("runbooks")
+
+
+@cache
+def load(name: str, folder: str = "sql") -> str:
+    """The text of `<folder>/<name>.sql`."""
+    path = _dir(folder) / f"{name}.sql"
+    return path.read_text()
+
+
+def ident(*parts: str) -> sql.Identifier:
+    """The only way a name enters SQL: `ident("public", "core_project")` -> "public"."core_project"."""
+    return sql.Identifier(*parts)
+
+
+def literal(value: Any) -> sql.Literal:
+    """A value inside DDL (defaults, CHECK lists, partial-index predicates), where bind parameters cannot go."""
+    return sql.Literal(value)
+
+
+def raw(text: str) -> sql.SQL:
+    """A fragment of trusted SQL text: template keywords or a type name that passed the spec's type grammar."""
+    # psycopg types SQL() as taking a LiteralString; callers pass template text or spec-vetted type names.
+    return sql.SQL(text)  # type: ignore[arg-type,unused-ignore]
+
+
+def join(parts: list[sql.Composable], sep: str = ", ") -> sql.Composed:
+    return raw(sep).join(parts)
+
+
+def render(template: str, /, *, folder: str = "sql", **slots: sql.Composable) -> sql.Composed:
+    """Fill template `template` with composed fragments."""
+    return raw(load(template, folder)).format(**slots)
+
+
+def as_text(query: sql.Composable) -> str:
+    """SQL text without a connection, as `plan` prints it and the golden tests compare it."""
+    return query.as_string(None)

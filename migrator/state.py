@@ -1,0 +1,182 @@
+"""The flag state machine, persisted in the `migrator` schema.
+
+    legacy -> dual_write -> backfilled -> validated -> read_new -> write_new -> contracted
+
+Every transition holds the migration's advisory lock (a second operator is refused, told who holds it), checks
+the state it starts from, records an audit row and sends NOTIFY migrator_flags, all in the transaction that
+moves the state, so an application listening never sees a state the audit log does not.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from migrator import names
+from migrator.db import Database, advisory_lock, operator_name, table_exists
+from migrator.errors import WrongState
+from migrator.spec import Spec
+from migrator.sqlfiles import ident, join, literal, raw, render
+
+STATES = ("legacy", "dual_write", "backfilled", "validated", "read_new", "write_new", "contracted")
+# The command that leaves each state forward: the hint an out-of-order command prints.
+NEXT_COMMAND = {
+    "legacy": "expand",
+    "dual_write": "backfill",
+    "backfilled": "validate",
+    "validated": "switch-reads",
+    "read_new": "switch-writes",
+    "write_new": "contract",
+    "contracted": None,
+}
+NOTIFY_CHANNEL = "migrator_flags"
+
+
+@dataclass(frozen=True)
+class State:
+    migration: str
+    state: str
+    read_percent: int
+    paused: bool
+    updated_at: datetime | None
+    updated_by: str | None
+
+    @property
+    def reads_split(self) -> bool:
+        return self.state in ("read_new", "write_new", "contracted")
+
+    @property
+    def writes_split(self) -> bool:
+        return self.state in ("write_new", "contracted")
+
+
+def lock_parts(spec: Spec) -> tuple[str, str, str]:
+    return ("migrator", spec.state_schema, spec.migration_name)
+
+
+def ensure_schema(conn: psycopg.Connection[Any], spec: Spec) -> None:
+    """Create the state schema and this migration's row when absent (idempotent, in the caller's transaction)."""
+    conn.execute(render("state_schema", schema=ident(spec.state_schema), states=join([literal(s) for s in STATES])))
+    conn.execute(
+        render("state_insert", state=names.state(spec, "state")),
+        {"migration": spec.migration_name, "spec": json.dumps(spec.model_dump(mode="json", by_alias=True))},
+    )
+
+
+def read(conn: psycopg.Connection[Any], spec: Spec) -> State:
+    """The migration's state; `legacy` when the state schema does not exist yet."""
+    if not table_exists(conn, spec.state_schema, "state"):
+        return State(spec.migration_name, "legacy", 0, False, None, None)
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(render("state_select", state=names.state(spec, "state")), {"migration": spec.migration_name})
+        row = cur.fetchone()
+    if row is None:
+        return State(spec.migration_name, "legacy", 0, False, None, None)
+    return State(
+        spec.migration_name, row["state"], row["read_percent"], row["paused"], row["updated_at"], row["updated_by"]
+    )
+
+
+def require(current: State, allowed: tuple[str, ...], command: str) -> None:
+    """Refuse a command in the wrong state, naming the command that comes next."""
+    if current.state in allowed:
+        return
+    nxt = NEXT_COMMAND.get(current.state)
+    want = " or ".join(allowed)
+    hint = f"run `migrator {nxt}` next" if nxt else "the migration is complete; `migrator rollback` goes back"
+    raise WrongState(f"`{command}` needs state {want}; the migration is in {current.state}", hint=hint)
+
+
+def record(
+    conn: psycopg.Connection[Any],
+    spec: Spec,
+    *,
+    from_state: str,
+    to_state: str,
+    command: str,
+    reason: str | None = None,
+    duration_ms: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Move the state, write the audit row and NOTIFY, in the caller's transaction."""
+    params = {
+        "migration": spec.migration_name,
+        "from_state": from_state,
+        "to_state": to_state,
+        "command": command,
+        "actor": operator_name(),
+        "reason": reason,
+        "duration_ms": duration_ms,
+        "details": json.dumps(details or {}, default=str),
+    }
+    cur = conn.execute(
+        render("state_record", state=names.state(spec, "state"), transitions=names.state(spec, "transitions")), params
+    )
+    if cur.rowcount != 1:
+        raise WrongState(
+            f"the migration left state {from_state} while `{command}` ran",
+            hint="run `migrator status` to see where it is",
+        )
+    conn.execute(
+        "SELECT pg_notify(%s, %s)",
+        [NOTIFY_CHANNEL, json.dumps({"migration": spec.migration_name, "state": to_state, "from": from_state})],
+    )
+
+
+@dataclass
+class Transition:
+    """An open transition: the state it started from and a clock for the audit row."""
+
+    spec: Spec
+    conn: psycopg.Connection[Any]
+    start: State
+    command: str
+    started: float
+
+    def finish(self, to_state: str, *, reason: str | None = None, details: dict[str, Any] | None = None) -> None:
+        ms = int((time.monotonic() - self.started) * 1000)
+        with self.conn.transaction():
+            record(
+                self.conn,
+                self.spec,
+                from_state=self.start.state,
+                to_state=to_state,
+                command=self.command,
+                reason=reason,
+                duration_ms=ms,
+                details=details,
+            )
+
+
+@contextmanager
+def transition(db: Database, spec: Spec, command: str, allowed: tuple[str, ...]) -> Iterator[Transition]:
+    """Hold the advisory lock, check the starting state, hand the caller a Transition to finish()."""
+    with db.connect(autocommit=True) as conn, advisory_lock(conn, *lock_parts(spec)):
+        with conn.transaction():
+            ensure_schema(conn, spec)
+        current = read(conn, spec)
+        require(current, allowed, command)
+        yield Transition(spec, conn, current, command, time.monotonic())
+
+
+def set_flags(conn: psycopg.Connection[Any], spec: Spec, **flags: Any) -> None:
+    """Set read_percent / paused, and tell listeners."""
+    allowed = {"read_percent", "paused"}
+    assert set(flags) <= allowed, f"unknown flags {set(flags) - allowed}"
+    with conn.transaction():
+        for key, value in flags.items():
+            conn.execute(
+                render("state_set_flag", state=names.state(spec, "state"), column=raw(key)),
+                {"migration": spec.migration_name, "value": value},
+            )
+        conn.execute(
+            "SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, json.dumps({"migration": spec.migration_name, **flags})]
+        )

@@ -1,0 +1,88 @@
+"""`migrator status`: state, flags, table sizes and row counts, quarantine."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+
+from migrator import names, state
+from migrator.db import Database
+from migrator.spec import Spec
+from migrator.sqlfiles import ident, render
+
+# Exact counts are what a DBA trusts; on a table too big to count quickly we show the planner's estimate instead.
+COUNT_TIMEOUT_MS = 10_000
+
+
+@dataclass
+class TableStatus:
+    role: str
+    table: str
+    exists: bool
+    rows: int | None = None
+    exact: bool = True
+    bytes: int | None = None
+
+
+@dataclass
+class Status:
+    migration: str
+    database: str
+    state: str
+    next_command: str | None
+    read_percent: int
+    paused: bool
+    updated_at: Any
+    updated_by: str | None
+    tables: list[TableStatus] = field(default_factory=list)
+    quarantine_open: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _table_status(conn: psycopg.Connection[Any], role: str, schema: str, table: str) -> TableStatus:
+    qualified = f"{schema}.{table}"
+    row = conn.execute(render("table_stats", table=names.regclass_literal(schema, table))).fetchone()
+    if row is None:
+        return TableStatus(role, qualified, exists=False)
+    estimate, size = row
+    try:
+        with conn.transaction():
+            conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{COUNT_TIMEOUT_MS}ms"])
+            counted = conn.execute(psycopg.sql.SQL("SELECT count(*) FROM {}").format(ident(schema, table))).fetchone()
+        return TableStatus(role, qualified, True, int(counted[0]) if counted else 0, True, int(size))
+    except psycopg.errors.QueryCanceled:
+        return TableStatus(role, qualified, True, max(int(estimate), 0), False, int(size))
+
+
+def collect(db: Database, spec: Spec) -> Status:
+    with db.connect(autocommit=True) as conn:
+        st = state.read(conn, spec)
+        result = Status(
+            migration=spec.migration_name,
+            database=db.display,
+            state=st.state,
+            next_command=state.NEXT_COMMAND.get(st.state),
+            read_percent=st.read_percent,
+            paused=st.paused,
+            updated_at=st.updated_at,
+            updated_by=st.updated_by,
+        )
+        result.tables.append(_table_status(conn, "legacy", spec.source.schema_, spec.source.table))
+        result.tables.append(_table_status(conn, "base", spec.target_schema, spec.base.table))
+        for v in spec.variants:
+            result.tables.append(_table_status(conn, f"variant {v.when}", spec.target_schema, v.table))
+        if spec.meta:
+            result.tables.append(_table_status(conn, "meta", spec.target_schema, spec.meta.table))
+        if st.updated_at is not None:
+            row = conn.execute(
+                psycopg.sql.SQL("SELECT count(*) FROM {} WHERE migration = %s AND resolved_at IS NULL").format(
+                    names.state(spec, "quarantine")
+                ),
+                [spec.migration_name],
+            ).fetchone()
+            result.quarantine_open = int(row[0]) if row else 0
+    return result

@@ -1,0 +1,5 @@
+CREATE TABLE IF NOT EXISTS {table} (
+    {link} {pk_type} NOT NULL,
+    {columns},
+    CONSTRAINT {pk_name} PRIMARY KEY ({link})
+)

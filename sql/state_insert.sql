@@ -1,0 +1,1 @@
+INSERT INTO {state} (migration, spec) VALUES (%(migration)s, %(spec)s::jsonb) ON CONFLICT (migration) DO NOTHING

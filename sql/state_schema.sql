@@ -1,0 +1,47 @@
+CREATE SCHEMA IF NOT EXISTS {schema};
+
+CREATE TABLE IF NOT EXISTS {schema}.state (
+    migration    text PRIMARY KEY,
+    state        text NOT NULL DEFAULT 'legacy' CHECK (state IN ({states})),
+    read_percent integer NOT NULL DEFAULT 0 CHECK (read_percent BETWEEN 0 AND 100),
+    paused       boolean NOT NULL DEFAULT false,
+    spec         jsonb,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    updated_by   text NOT NULL DEFAULT current_user
+);
+
+CREATE TABLE IF NOT EXISTS {schema}.transitions (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    migration   text NOT NULL,
+    from_state  text NOT NULL,
+    to_state    text NOT NULL,
+    command     text NOT NULL,
+    actor       text NOT NULL,
+    db_user     text NOT NULL DEFAULT current_user,
+    at          timestamptz NOT NULL DEFAULT now(),
+    reason      text,
+    duration_ms integer,
+    details     jsonb
+);
+
+-- Rows the split schema rejected (DESIGN.md §Races 4): the application's write succeeded, the copy did not.
+CREATE TABLE IF NOT EXISTS {schema}.quarantine (
+    migration   text NOT NULL,
+    key         text NOT NULL,
+    sqlstate    text NOT NULL,
+    message     text NOT NULL,
+    row_data    jsonb,
+    source      text NOT NULL DEFAULT 'trigger',
+    first_seen  timestamptz NOT NULL DEFAULT now(),
+    last_seen   timestamptz NOT NULL DEFAULT now(),
+    resolved_at timestamptz,
+    accepted_at timestamptz,
+    PRIMARY KEY (migration, key)
+);
+
+-- For applications in other languages: SELECT migrator.flag_state('core_project_split').
+CREATE OR REPLACE FUNCTION {schema}.flag_state(p_migration text) RETURNS text
+LANGUAGE sql STABLE AS $$ SELECT coalesce((SELECT state FROM {schema}.state WHERE migration = p_migration), 'legacy') $$;
+
+CREATE OR REPLACE FUNCTION {schema}.read_percent(p_migration text) RETURNS integer
+LANGUAGE sql STABLE AS $$ SELECT coalesce((SELECT read_percent FROM {schema}.state WHERE migration = p_migration), 0) $$;

@@ -142,13 +142,12 @@ def seed(app: App, rows: int, dirty_ratio: float, random_seed: int) -> None:
 
     reporter = console.JsonReporter() if app.json else console.ProgressReporter("seeding core_project")
     with reporter.running(), app.db.connect() as conn:
-        result = seed_mod.seed(
-            conn,
-            rows,
-            dirty_ratio=dirty_ratio,
-            random_seed=random_seed,
-            on_progress=reporter.progress,
-        )
+        try:
+            result = seed_mod.seed(
+                conn, rows, dirty_ratio=dirty_ratio, random_seed=random_seed, on_progress=reporter.progress
+            )
+        except ValueError as exc:
+            raise BadInputError(str(exc)) from None
     if app.json:
         console.print_json(
             {
@@ -221,6 +220,63 @@ def status(app: App) -> None:
     console.table("tables", ["role", "table", "rows", "", "size"], rows)
     if st.quarantine_open is not None:
         console.out.print(f"quarantine: {st.quarantine_open:,} open row(s)")
+
+
+def _context(app: App, reporter: Any = None, **options: Any) -> Any:
+    from migrator.phases.base import Context
+
+    return Context(
+        app.spec,
+        app.db,
+        lock_timeout=app.lock_timeout,
+        reporter=reporter or (console.JsonReporter() if app.json else console.StepReporter()),
+        options=options,
+    )
+
+
+def _done(app: App, command: str, to_state: str, **extra: Any) -> None:
+    if app.json:
+        console.print_json({"event": "done", "command": command, "state": to_state, **extra})
+    else:
+        console.success(f"{command}: the migration is now in {to_state}")
+
+
+@cli.command()
+@click.option("--reason", help="Why, for the audit log.")
+@examples("migrator expand", "migrator --spec payments.toml --lock-timeout 0.5 expand --reason 'CHG-1234'")
+@pass_app
+def expand(app: App, reason: str | None) -> None:
+    """legacy -> dual_write: create the split tables, constraints and indexes, then the forward sync triggers.
+
+    Every DDL step runs under SET LOCAL lock_timeout and is retried; indexes are built CONCURRENTLY; foreign
+    keys are added NOT VALID and validated afterwards. Re-running after a crash finishes the job.
+    """
+    from migrator.phases import expand as phase
+
+    phase.apply(_context(app, reason=reason))
+    _done(app, "expand", "dual_write")
+
+
+@cli.command()
+@click.option("--to", "to_state", help="Roll back step by step down to this state.")
+@click.option("--drop-tables", is_flag=True, help="From dual_write: also drop the (empty-able) split tables.")
+@click.option("--reason", help="Why, for the audit log.")
+@examples("migrator rollback", "migrator rollback --to legacy --drop-tables --yes")
+@pass_app
+def rollback(app: App, to_state: str | None, drop_tables: bool, reason: str | None) -> None:
+    """Go back one state (or down to --to STATE) without losing a write made meanwhile."""
+    from migrator import lifecycle
+
+    if drop_tables:
+        console.confirm(f"drop the split tables {', '.join(app.spec.split_tables())}?", assume_yes=app.yes)
+    steps = lifecycle.rollback(_context(app, drop_tables=drop_tables, reason=reason), to_state)
+    if app.json:
+        console.print_json(
+            {"event": "done", "command": "rollback", "steps": steps, "state": steps[-1][1] if steps else None}
+        )
+    else:
+        for frm, to in steps:
+            console.success(f"rolled back {frm} -> {to}")
 
 
 @cli.command("embedded")

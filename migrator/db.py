@@ -255,3 +255,9 @@ def operator_name() -> str:
 def table_exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [sql.Identifier(schema, table).as_string(conn)]).fetchone()
     return bool(row and row[0])
+
+
+def scalar(conn: psycopg.Connection[Any], query: Any, params: Any = None) -> Any:
+    """The first column of the first row, or None when there is no row."""
+    row = conn.execute(query, params).fetchone()
+    return row[0] if row else None

@@ -7,6 +7,7 @@ psycopg.sql objects only: identifiers through `ident()`, literals (in DDL, which
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -57,15 +58,37 @@ def raw(text: str) -> sql.SQL:
     return sql.SQL(text)  # type: ignore[arg-type,unused-ignore]
 
 
-def join(parts: list[sql.Composable], sep: str = ", ") -> sql.Composed:
+def join(parts: Sequence[sql.Composable], sep: str = ", ") -> sql.Composed:
     return raw(sep).join(parts)
 
 
-def render(template: str, /, *, folder: str = "sql", **slots: sql.Composable) -> sql.Composed:
-    """Fill template `template` with composed fragments."""
-    return raw(load(template, folder)).format(**slots)
+def render(template: str, /, **slots: sql.Composable) -> sql.Composed:
+    """Fill sql/<template>.sql with composed fragments."""
+    return raw(load(template)).format(**slots)
+
+
+def render_validator(template: str, /, **slots: sql.Composable) -> sql.Composed:
+    """Fill validators/<template>.sql with composed fragments."""
+    return raw(load(template, "validators")).format(**slots)
 
 
 def as_text(query: sql.Composable) -> str:
     """SQL text without a connection, as `plan` prints it and the golden tests compare it."""
     return query.as_string(None)
+
+
+def plpgsql_function(function: sql.Identifier, body: sql.Composable, returns: str = "trigger") -> sql.Composed:
+    """CREATE OR REPLACE FUNCTION with a dollar-quote tag that cannot occur in the body.
+
+    A quoted identifier inside the body may contain any text, `$migrator$` included, which would end a fixed
+    tag early and let the rest run as SQL; so the tag is chosen after the body is rendered.
+    """
+    text = as_text(body)
+    n = 0
+    tag = "$migrator$"
+    while tag in text:
+        n += 1
+        tag = f"$migrator{n}$"
+    return sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS {} LANGUAGE plpgsql AS {}\n{}{}").format(
+        function, raw(returns), raw(tag), raw(text.rstrip("\n") + "\n"), raw(tag)
+    )

@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 from migrator import names
 from migrator.db import Database, advisory_lock, operator_name, table_exists
 from migrator.errors import WrongState
+from migrator.phases.base import Action
 from migrator.spec import Spec
 from migrator.sqlfiles import ident, join, literal, raw, render
 
@@ -62,12 +63,11 @@ def lock_parts(spec: Spec) -> tuple[str, str, str]:
     return ("migrator", spec.state_schema, spec.migration_name)
 
 
-def ensure_schema(conn: psycopg.Connection[Any], spec: Spec) -> None:
-    """Create the state schema and this migration's row when absent (idempotent, in the caller's transaction)."""
-    conn.execute(render("state_schema", schema=ident(spec.state_schema), states=join([literal(s) for s in STATES])))
-    conn.execute(
-        render("state_insert", state=names.state(spec, "state")),
-        {"migration": spec.migration_name, "spec": json.dumps(spec.model_dump(mode="json", by_alias=True))},
+def schema_action(spec: Spec) -> Action:
+    """Create the state schema (state, transitions, quarantine, flag functions) when absent."""
+    return Action(
+        f"create state schema {spec.state_schema} (flags, audit log, quarantine)",
+        render("state_schema", schema=ident(spec.state_schema), states=join([literal(s) for s in STATES])),
     )
 
 
@@ -160,8 +160,6 @@ class Transition:
 def transition(db: Database, spec: Spec, command: str, allowed: tuple[str, ...]) -> Iterator[Transition]:
     """Hold the advisory lock, check the starting state, hand the caller a Transition to finish()."""
     with db.connect(autocommit=True) as conn, advisory_lock(conn, *lock_parts(spec)):
-        with conn.transaction():
-            ensure_schema(conn, spec)
         current = read(conn, spec)
         require(current, allowed, command)
         yield Transition(spec, conn, current, command, time.monotonic())

@@ -3,7 +3,7 @@ CREATE SCHEMA IF NOT EXISTS {schema};
 CREATE TABLE IF NOT EXISTS {schema}.state (
     migration    text PRIMARY KEY,
     state        text NOT NULL DEFAULT 'legacy' CHECK (state IN ({states})),
-    read_percent integer NOT NULL DEFAULT 0 CHECK (read_percent BETWEEN 0 AND 100),
+    read_percent bigint NOT NULL DEFAULT 0 CHECK (read_percent BETWEEN 0 AND 100),
     paused       boolean NOT NULL DEFAULT false,
     spec         jsonb,
     updated_at   timestamptz NOT NULL DEFAULT now(),
@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS {schema}.transitions (
     db_user     text NOT NULL DEFAULT current_user,
     at          timestamptz NOT NULL DEFAULT now(),
     reason      text,
-    duration_ms integer,
+    duration_ms bigint,
     details     jsonb
 );
 

@@ -8,15 +8,18 @@ to tell it is already done, so re-running expand after a crash part-way finishes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from migrator import names
-from migrator.phases.base import Action, Context, Report, object_name
+from migrator import names, state, triggers
+from migrator.db import scalar
+from migrator.errors import GuardFailed, OperationalError, TableDoesNotExist
+from migrator.phases.base import Action, Context, Report, object_name, run_actions
 from migrator.spec import ColumnSpec, Spec
-from migrator.sqlfiles import ident, join, literal, raw, render
+from migrator.sqlfiles import as_text, ident, join, literal, load, raw, render
 
 name = "expand"
 
@@ -188,19 +191,156 @@ def table_actions(spec: Spec, sequence: str | None = _AUTO) -> list[Action]:
 
 def resolve_sequence(conn: psycopg.Connection[Any], spec: Spec) -> str | None:
     """The legacy primary key's sequence (serial or identity), or None when the key has none (e.g. uuid)."""
+    table = as_text(names.source(spec))
     row = conn.execute(
-        "SELECT pg_get_serial_sequence(%s, %s)",
-        [names.regclass_literal(spec.source.schema_, spec.source.table).as_string(None).strip("'"), spec.pk],
+        "SELECT c.relname::text FROM pg_class c WHERE c.oid = pg_get_serial_sequence(%s, %s)::regclass",
+        [table, spec.pk],
     ).fetchone()
-    if not row or row[0] is None:
-        return None
-    # pg_get_serial_sequence returns a qualified, quoted name; keep only the relation part.
-    return str(conn.execute("SELECT relname FROM pg_class WHERE oid = %s::regclass", [row[0]]).fetchone()[0])  # type: ignore[index]
+    return str(row[0]) if row else None
 
 
-def plan(ctx: Context) -> list[Action]:
-    return table_actions(ctx.spec)
+def preflight(conn: psycopg.Connection[Any], spec: Spec) -> None:
+    """Refuse to start when the database does not match the spec; name what is wrong and how to fix it."""
+    version = conn.info.server_version
+    if version < 140000:
+        raise OperationalError(
+            f"PostgreSQL {version // 10000} is too old", hint="migrator needs PostgreSQL 14 or newer"
+        )
+    legacy = as_text(names.source(spec))
+    cols = dict(conn.execute(load("preflight_columns"), {"table": legacy}).fetchall())
+    if not cols:
+        raise TableDoesNotExist(
+            f"legacy table {spec.source.schema_}.{spec.source.table} does not exist",
+            hint="check [source] in the spec, or run `migrator seed` to create the demo schema",
+        )
+    missing = [c for c in spec.legacy_columns() if c not in cols]
+    if missing:
+        raise GuardFailed(
+            f"legacy table {spec.source.table} has no column(s) {', '.join(missing)}",
+            hint="fix the column names in the spec",
+        )
+    row = conn.execute(load("preflight_primary_key"), {"table": legacy}).fetchone()
+    if not row or row[0] != [spec.pk]:
+        raise GuardFailed(
+            f"{spec.source.table}'s primary key is {row[0] if row else 'missing'}, the spec says [{spec.pk}]",
+            hint="set source.primary_key to the table's single-column primary key",
+        )
+    expected = _split_table_columns(spec)
+    for table, want in expected.items():
+        have = dict(conn.execute(load("preflight_columns"), {"table": as_text(names.split(spec, table))}).fetchall())
+        if have and set(have) != want:
+            raise GuardFailed(
+                f"table {spec.target_schema}.{table} already exists with other columns ({', '.join(have)})",
+                hint="rename or drop it, or choose another table name in the spec",
+            )
 
 
-def verify(ctx: Context) -> Report:
-    return Report(name)
+def _split_table_columns(spec: Spec) -> dict[str, set[str]]:
+    out = {spec.base.table: {spec.pk, *spec.base.columns}}
+    for v in spec.variants:
+        out[v.table] = {spec.base.link_column, *v.columns}
+    if spec.meta:
+        m = spec.meta
+        out[m.table] = {m.id_column, spec.base.link_column, m.key_column, m.value_column}
+    return out
+
+
+def plan(ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Action]:
+    """State schema, split tables, constraints, indexes, then the forward triggers."""
+    sequence = resolve_sequence(conn, ctx.spec) if conn is not None else "auto"
+    return [
+        state.schema_action(ctx.spec),
+        *table_actions(ctx.spec, sequence),
+        *triggers.forward_actions(ctx.spec),
+    ]
+
+
+def apply(ctx: Context) -> None:
+    db = ctx.require_db()
+    with state.transition(db, ctx.spec, "expand", ("legacy",)) as tr:
+        preflight(tr.conn, ctx.spec)
+        actions = plan(ctx, tr.conn)
+        run_actions(tr.conn, actions, on_step=_announce(ctx), lock_timeout=ctx.lock_timeout)
+        report = verify(ctx, tr.conn)
+        if not report.ok:
+            raise GuardFailed("expand finished but its checks failed: " + "; ".join(report.failures))
+        tr.finish(
+            "dual_write",
+            reason=ctx.options.get("reason"),
+            details={"steps": len(actions), "spec": ctx.spec.model_dump(mode="json", by_alias=True)},
+        )
+
+
+def _announce(ctx: Context) -> Callable[[Action, bool], None]:
+    def on_step(action: Action, ran: bool) -> None:
+        ctx.reporter.step(action.description if ran else f"{action.description} (already done)")
+
+    return on_step
+
+
+def verify(ctx: Context, conn: psycopg.Connection[Any] | None = None) -> Report:
+    """Split tables exist, every FK is validated, every index valid, forward triggers enabled."""
+    if conn is None:
+        with ctx.require_db().connect(autocommit=True) as c:
+            return verify(ctx, c)
+    spec = ctx.spec
+    report = Report(name)
+    for table in spec.split_tables():
+        exists = bool(scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", [as_text(names.split(spec, table))]))
+        report.check(exists, f"table {table} exists", f"table {table} is missing")
+    for action in table_actions(spec, None):
+        if action.done_check is not None:
+            row = conn.execute(action.done_check).fetchone()
+            report.check(bool(row and row[0]), f"done: {action.description}", f"not done: {action.description}")
+    enabled = dict(
+        conn.execute(
+            load("trigger_state"),
+            {
+                "table": as_text(names.source(spec)),
+                "names": [
+                    triggers.trigger_name_text(spec, "forward"),
+                    triggers.trigger_name_text(spec, "forward_truncate"),
+                ],
+            },
+        ).fetchall()
+    )
+    report.check(
+        len(enabled) == 2 and all(v != "D" for v in enabled.values()),
+        "forward triggers enabled",
+        f"forward triggers missing or disabled ({enabled or 'none'})",
+    )
+    return report
+
+
+def rollback_plan(ctx: Context) -> list[Action]:
+    """Detach the triggers and drop their functions; drop the split tables only when asked to."""
+    spec = ctx.spec
+    acts = [
+        *triggers.drop_forward_actions(spec),
+        Action(
+            "drop forward functions",
+            join(
+                [
+                    render("drop_function", function=triggers.function_name(spec, "forward")),
+                    render("drop_function", function=triggers.function_name(spec, "forward_truncate")),
+                ],
+                ";\n",
+            ),
+        ),
+    ]
+    if ctx.options.get("drop_tables"):
+        for table in reversed(spec.split_tables()):
+            acts.append(Action(f"drop split table {table}", render("drop_table", table=names.split(spec, table))))
+    return acts
+
+
+def rollback(ctx: Context) -> None:
+    """dual_write -> legacy: the application never depended on the split tables, so nothing can be lost."""
+    db = ctx.require_db()
+    with state.transition(db, ctx.spec, "rollback", ("dual_write",)) as tr:
+        run_actions(tr.conn, rollback_plan(ctx), on_step=_announce(ctx), lock_timeout=ctx.lock_timeout)
+        kept = "dropped" if ctx.options.get("drop_tables") else "kept (drop them with --drop-tables)"
+        ctx.reporter.step(f"split tables {kept}")
+        tr.finish(
+            "legacy", reason=ctx.options.get("reason"), details={"drop_tables": bool(ctx.options.get("drop_tables"))}
+        )

@@ -1,0 +1,8 @@
+BEGIN
+    IF current_setting('migrator.origin', true) = 'split' THEN
+        RETURN NULL;
+    END IF;
+    TRUNCATE {tables};
+    UPDATE {quarantine} SET resolved_at = now() WHERE migration = {migration} AND resolved_at IS NULL;
+    RETURN NULL;
+END

@@ -1,0 +1,5 @@
+IF NEW.{disc} = {when} THEN
+            {upsert}
+        ELSIF TG_OP = 'UPDATE' THEN
+            DELETE FROM {table} WHERE {link} = NEW.{pk};
+        END IF;

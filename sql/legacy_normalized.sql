@@ -1,0 +1,2 @@
+SELECT {columns}
+  FROM {legacy} AS l

@@ -1,1 +1,0 @@
-INSERT INTO {state} (migration, spec) VALUES (%(migration)s, %(spec)s::jsonb) ON CONFLICT (migration) DO NOTHING

@@ -166,7 +166,7 @@ def seed(app: App, rows: int, dirty_ratio: float, random_seed: int) -> None:
 
 
 @cli.command()
-@click.argument("phase", required=False, type=click.Choice(["expand"]))
+@click.argument("phase", required=False, type=click.Choice(["expand", "backfill"]))
 @examples("migrator plan", "migrator plan expand > expand.sql", "migrator --spec payments.toml plan --json")
 @pass_app
 def plan(app: App, phase: str | None) -> None:
@@ -255,6 +255,97 @@ def expand(app: App, reason: str | None) -> None:
 
     phase.apply(_context(app, reason=reason))
     _done(app, "expand", "dual_write")
+
+
+@cli.command()
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Parallel workers in this process (they claim key ranges with SKIP LOCKED).",
+)
+@click.option(
+    "--chunk-time",
+    type=click.FloatRange(0.005, 60),
+    default=0.1,
+    show_default=True,
+    help="Target seconds per chunk; the chunk size adapts to it.",
+)
+@click.option("--batch-size", type=click.IntRange(1, 1_000_000), help="Fixed rows per chunk instead.")
+@click.option("--max-rows-per-second", type=click.FloatRange(min=1), help="Throttle the copy.")
+@click.option("--throttle-query", help="SQL returning a number; > 0 means wait (e.g. replica lag in seconds).")
+@click.option(
+    "--chunk-lock-timeout",
+    type=click.FloatRange(0.001, 10),
+    default=0.05,
+    show_default=True,
+    help="Seconds a chunk waits for an application's row lock before it retries smaller.",
+)
+@click.option("--join", "join_", is_flag=True, help="Lend workers to a backfill another process coordinates.")
+@click.option("--reason", help="Why, for the audit log.")
+@examples(
+    "migrator backfill",
+    "migrator --json backfill --workers 2 --max-rows-per-second 20000",
+    'migrator backfill --throttle-query "SELECT max(extract(epoch FROM replay_lag)) - 5 FROM pg_stat_replication"',
+    "migrator backfill --join --workers 4     # on a second host",
+)
+@pass_app
+def backfill(
+    app: App,
+    workers: int,
+    chunk_time: float,
+    batch_size: int | None,
+    max_rows_per_second: float | None,
+    throttle_query: str | None,
+    chunk_lock_timeout: float,
+    join_: bool,
+    reason: str | None,
+) -> None:
+    """dual_write -> backfilled: copy every legacy row into the split tables, keeping ids.
+
+    Keyset chunks over the primary key, one short transaction each, checkpointed: kill it at any moment and
+    run it again to resume. `migrator pause` / `resume` stop and restart every worker within one chunk.
+    """
+    from migrator.phases import backfill as phase
+
+    opts = phase.Options(
+        workers=workers,
+        chunk_time=chunk_time,
+        batch_size=batch_size,
+        max_rows_per_second=max_rows_per_second,
+        throttle_query=throttle_query,
+        lock_timeout=chunk_lock_timeout,
+        join=join_,
+    )
+    reporter = console.JsonReporter() if app.json else console.ProgressReporter("backfill")
+    with reporter.running():
+        phase.apply(_context(app, reporter, backfill=opts, reason=reason))
+    _done(app, "backfill", "dual_write (joined)" if join_ else "backfilled")
+
+
+@cli.command()
+@examples("migrator pause", "migrator resume")
+@pass_app
+def pause(app: App) -> None:
+    """Pause every backfill worker (they stop within one chunk and wait)."""
+    from migrator import state
+
+    with app.db.connect(autocommit=True) as conn:
+        state.set_flags(conn, app.spec, paused=True)
+    _done(app, "pause", "paused")
+
+
+@cli.command()
+@examples("migrator resume")
+@pass_app
+def resume(app: App) -> None:
+    """Let paused backfill workers continue."""
+    from migrator import state
+
+    with app.db.connect(autocommit=True) as conn:
+        state.set_flags(conn, app.spec, paused=False)
+    _done(app, "resume", "running")
 
 
 @cli.command()

@@ -6,12 +6,13 @@ from collections.abc import Callable
 
 from migrator import state
 from migrator.errors import BadInputError, WrongState
-from migrator.phases import expand
+from migrator.phases import backfill, expand
 from migrator.phases.base import Context
 
 # state -> (the state its rollback returns to, the function that does it)
 ROLLBACKS: dict[str, tuple[str, Callable[[Context], None]]] = {
     "dual_write": ("legacy", expand.rollback),
+    "backfilled": ("dual_write", backfill.rollback),
 }
 
 

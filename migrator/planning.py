@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from migrator.phases import expand
+from migrator.phases import backfill, expand
 from migrator.phases.base import Action, Context, script
 from migrator.spec import Spec
 
 PHASES: dict[str, Callable[[Context], list[Action]]] = {
     "expand": expand.plan,
+    "backfill": backfill.plan,
 }
 
 

@@ -39,7 +39,7 @@ def runbooks_dir() -> Path:
 def load(name: str, folder: str = "sql") -> str:
     """The text of `<folder>/<name>.sql`."""
     path = _dir(folder) / f"{name}.sql"
-    return path.read_text()
+    return path.read_text().rstrip("\n")
 
 
 def ident(*parts: str) -> sql.Identifier:
@@ -77,7 +77,9 @@ def as_text(query: sql.Composable) -> str:
     return query.as_string(None)
 
 
-def plpgsql_function(function: sql.Identifier, body: sql.Composable, returns: str = "trigger") -> sql.Composed:
+def plpgsql_function(
+    function: sql.Identifier, body: sql.Composable, returns: str = "trigger", args: sql.Composable | None = None
+) -> sql.Composed:
     """CREATE OR REPLACE FUNCTION with a dollar-quote tag that cannot occur in the body.
 
     A quoted identifier inside the body may contain any text, `$migrator$` included, which would end a fixed
@@ -89,6 +91,6 @@ def plpgsql_function(function: sql.Identifier, body: sql.Composable, returns: st
     while tag in text:
         n += 1
         tag = f"$migrator{n}$"
-    return sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS {} LANGUAGE plpgsql AS {}\n{}{}").format(
-        function, raw(returns), raw(tag), raw(text.rstrip("\n") + "\n"), raw(tag)
+    return sql.SQL("CREATE OR REPLACE FUNCTION {}({}) RETURNS {} LANGUAGE plpgsql AS {}\n{}{}").format(
+        function, args if args is not None else raw(""), raw(returns), raw(tag), raw(text.rstrip("\n") + "\n"), raw(tag)
     )

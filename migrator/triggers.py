@@ -27,7 +27,7 @@ def trigger_name(spec: Spec, kind: str) -> sql.Identifier:
 
 
 def _new(col: str) -> sql.Composed:
-    return sql.Composed([raw("NEW."), ident(col)])
+    return sql.Composed([raw("r."), ident(col)])
 
 
 def _value(col: str, cs: ColumnSpec) -> sql.Composable:
@@ -63,7 +63,7 @@ def _upsert(
 
 
 def forward_sync_body(spec: Spec) -> sql.Composed:
-    """The statements that make the split rows equal NEW (base first: children reference it)."""
+    """The statements that make the split rows equal the legacy row r (base first: children reference it)."""
     pk, link = spec.pk, spec.base.link_column
     stmts: list[sql.Composable] = []
     base_cols = list(spec.base.columns)
@@ -114,8 +114,22 @@ def forward_sync_body(spec: Spec) -> sql.Composed:
     return join(stmts, "\n        ")
 
 
+def sync_function_sql(spec: Spec) -> sql.Composed:
+    """CREATE FUNCTION <state_schema>.<migration>_sync(r <legacy row>, p_op text, p_source text)."""
+    args = sql.SQL("r {}, p_op text, p_source text").format(names.source(spec))
+    body = render(
+        "forward_sync",
+        base=names.split(spec, spec.base.table),
+        pk=ident(spec.pk),
+        sync=forward_sync_body(spec),
+        quarantine=names.state(spec, "quarantine"),
+        migration=literal(spec.migration_name),
+    )
+    return plpgsql_function(function_name(spec, "sync"), body, returns="void", args=args)
+
+
 def forward_actions(spec: Spec) -> list[Action]:
-    """Create the forward functions, then attach both triggers in one short transaction."""
+    """Create the sync and trigger functions, then attach both triggers in one short transaction."""
     fn = function_name(spec, "forward")
     tfn = function_name(spec, "forward_truncate")
     common: dict[str, sql.Composable] = {
@@ -128,7 +142,7 @@ def forward_actions(spec: Spec) -> list[Action]:
             "forward_trigger",
             base=names.split(spec, spec.base.table),
             pk=ident(spec.pk),
-            sync=forward_sync_body(spec),
+            sync_function=function_name(spec, "sync"),
             **common,
         ),
     )
@@ -156,7 +170,8 @@ def forward_actions(spec: Spec) -> list[Action]:
         ";\n",
     )
     return [
-        Action("create forward sync function (legacy -> split)", row_fn),
+        Action("create row sync function (legacy row -> split rows, quarantine on rejection)", sync_function_sql(spec)),
+        Action("create forward trigger function (legacy -> split)", row_fn),
         Action("create forward truncate function", trunc_fn),
         # Both triggers in one transaction: the legacy table is never half-synced.
         Action(f"attach forward triggers to {spec.source.table}", attach),

@@ -1,9 +1,9 @@
-IF NEW.{col} IS NULL THEN
-            IF TG_OP = 'UPDATE' THEN
-                DELETE FROM {table} WHERE {link} = NEW.{pk} AND {key} = {name};
+IF r.{col} IS NULL THEN
+            IF p_op <> 'INSERT' THEN
+                DELETE FROM {table} WHERE {link} = r.{pk} AND {key} = {name};
             END IF;
         ELSE
-            INSERT INTO {table} AS t ({link}, {key}, {value}) VALUES (NEW.{pk}, {name}, to_jsonb(NEW.{col}))
+            INSERT INTO {table} AS t ({link}, {key}, {value}) VALUES (r.{pk}, {name}, to_jsonb(r.{col}))
             ON CONFLICT ({link}, {key}) DO UPDATE SET {value} = EXCLUDED.{value}
             WHERE t.{value} IS DISTINCT FROM EXCLUDED.{value};
         END IF;

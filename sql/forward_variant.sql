@@ -1,5 +1,5 @@
-IF NEW.{disc} = {when} THEN
+IF r.{disc} = {when} THEN
             {upsert}
-        ELSIF TG_OP = 'UPDATE' THEN
-            DELETE FROM {table} WHERE {link} = NEW.{pk};
+        ELSIF p_op <> 'INSERT' THEN
+            DELETE FROM {table} WHERE {link} = r.{pk};
         END IF;

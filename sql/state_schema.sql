@@ -45,3 +45,21 @@ LANGUAGE sql STABLE AS $$ SELECT coalesce((SELECT state FROM {schema}.state WHER
 
 CREATE OR REPLACE FUNCTION {schema}.read_percent(p_migration text) RETURNS integer
 LANGUAGE sql STABLE AS $$ SELECT coalesce((SELECT read_percent FROM {schema}.state WHERE migration = p_migration), 0) $$;
+
+-- Backfill work, split into key ranges that workers claim with FOR UPDATE SKIP LOCKED. Each chunk commits
+-- its range's cursor with the rows it copied, so a killed backfill resumes exactly where it stopped.
+CREATE TABLE IF NOT EXISTS {schema}.backfill_ranges (
+    migration   text NOT NULL,
+    range_no    bigint NOT NULL,
+    lo_key      text,
+    hi_key      text,
+    cursor_key  text,
+    rows_done   bigint NOT NULL DEFAULT 0,
+    status      text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'done')),
+    worker      text,
+    worker_pid  bigint,
+    heartbeat   timestamptz,
+    started_at  timestamptz,
+    finished_at timestamptz,
+    PRIMARY KEY (migration, range_no)
+);

@@ -7,6 +7,7 @@ so what `migrator plan` prints is what `migrator <phase>` runs.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -47,7 +48,8 @@ class Action:
     # Run (outside a transaction) before the statement when it is not done: removes a broken leftover, such as
     # the INVALID index a failed CREATE INDEX CONCURRENTLY leaves behind.
     cleanup: Query | None = None
-    lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT
+    # None: the run's DDL lock timeout (--lock-timeout); a number: this step's own (0 = wait forever).
+    lock_timeout: float | None = None
     # Brief DDL gets a bound; scans that are slow by nature (VALIDATE, CONCURRENTLY) say 0 = no limit.
     statement_timeout: float = 60.0
 
@@ -118,7 +120,8 @@ class Phase(Protocol):
 
 def statements(action: Action, lock_timeout: float | None) -> list[Query]:
     """The exact statements that carry out one action, as run and as `plan` prints them."""
-    timeout = lock_timeout if lock_timeout is not None else action.lock_timeout
+    run_timeout = lock_timeout if lock_timeout is not None else DEFAULT_LOCK_TIMEOUT
+    timeout = action.lock_timeout if action.lock_timeout is not None else run_timeout
     settings: list[tuple[str, float]] = [("statement_timeout", action.statement_timeout)]
     if timeout is not None:
         settings.insert(0, ("lock_timeout", timeout))
@@ -134,12 +137,22 @@ def _ms(seconds: float) -> str:
     return f"{int(seconds * 1000)}ms"
 
 
+def positional(text: str) -> str:
+    """Bind parameters as $1, $2 … (as in a PREPARE), which linters and psql parse; psycopg's %(name)s are not SQL."""
+    seen: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        return f"${seen.setdefault(match.group(1), len(seen) + 1)}"
+
+    return re.sub(r"%\((\w+)\)s", number, text)
+
+
 def script(actions: Sequence[Action], lock_timeout: float | None = None) -> str:
     """A plan as a SQL script: what `migrator plan` prints and what squawk lints."""
     out: list[str] = []
     for action in actions:
         out.append(f"-- {action.description}")
-        out.extend(as_text(stmt).strip() + ";" for stmt in statements(action, lock_timeout))
+        out.extend(positional(as_text(stmt).strip()) + ";" for stmt in statements(action, lock_timeout))
         out.append("")
     return "\n".join(out)
 

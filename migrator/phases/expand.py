@@ -251,8 +251,37 @@ def plan(ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Acti
     return [
         state.schema_action(ctx.spec),
         *table_actions(ctx.spec, sequence),
+        _empty_stale_action(ctx.spec),
         *triggers.forward_actions(ctx.spec),
     ]
+
+
+def _empty_stale_action(spec: Spec) -> Action:
+    """Split rows left by an earlier expand that was rolled back are stale (legacy writes were not synced
+    meanwhile) and the backfill never overwrites: empty the split tables before the triggers go on. Nothing
+    reads them before read_new, so this loses nothing. Once the trigger exists, their rows are live: skip."""
+    tables = [names.split(spec, t) for t in spec.split_tables()]
+    empty = join([sql.SQL("NOT EXISTS (SELECT 1 FROM {})").format(t) for t in tables], " AND ")
+    trigger_on = sql.SQL("EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass({}) AND tgname = {})").format(
+        literal(as_text(names.source(spec))), literal(triggers.trigger_name_text(spec, "forward"))
+    )
+    statement = join(
+        [
+            sql.SQL("TRUNCATE {}").format(join(tables)),
+            sql.SQL("DELETE FROM {} WHERE migration = {}").format(
+                names.state(spec, "quarantine"), literal(spec.migration_name)
+            ),
+            sql.SQL("DELETE FROM {} WHERE migration = {}").format(
+                names.state(spec, "backfill_ranges"), literal(spec.migration_name)
+            ),
+        ],
+        ";\n",
+    )
+    return Action(
+        "empty split tables left over from an earlier, rolled-back expand (stale), and reset backfill/quarantine",
+        statement,
+        done_check=sql.SQL("SELECT ({}) OR ({})").format(empty, trigger_on),
+    )
 
 
 def apply(ctx: Context) -> None:
@@ -323,6 +352,9 @@ def rollback_plan(ctx: Context) -> list[Action]:
                 [
                     render("drop_function", function=triggers.function_name(spec, "forward")),
                     render("drop_function", function=triggers.function_name(spec, "forward_truncate")),
+                    sql.SQL("DROP FUNCTION IF EXISTS {}({}, text, text)").format(
+                        triggers.function_name(spec, "sync"), names.source(spec)
+                    ),
                 ],
                 ";\n",
             ),

@@ -1,0 +1,357 @@
+"""The flag reader applications use to ask "read from the split tables?" / "write to them?".
+
+    from migrator.flags import FlagReader
+
+    flags = FlagReader(os.environ["DATABASE_URL"])          # once per process (after fork, under gunicorn)
+    if flags.reads_split(request.user.id):                   # read_new --percent P: P% of users, always the same
+        project = load_from_split(project_id)
+    else:
+        project = load_from_legacy(project_id)
+
+The values are cached: one query loads them, a background thread LISTENs on `migrator_flags` and reloads as soon
+as a transition (or `set_flags`) commits, and nothing is served older than `max_age` seconds while the database
+answers. When it does not, the reader keeps serving the last values it loaded and logs a warning; only the very
+first load raises (`FlagsUnavailable`), so a misconfigured application fails at start, not mid-migration.
+
+Applications in other languages read the same flags with SQL (the functions live in the state schema):
+
+    SELECT migrator.flag_state('core_project_split');      -- 'legacy' … 'contracted' ('legacy' if no row)
+    SELECT migrator.read_percent('core_project_split');    -- 0..100, the share of keys that read the split side
+
+and reproduce `bucket()` to split reads by key the same way Python does (the first 4 bytes of
+sha256("<migration>\\x1f<key>") as an unsigned big-endian integer, modulo 100):
+
+    SELECT ('x' || lpad(left(encode(sha256(convert_to('core_project_split' || chr(31) || '42', 'UTF8')),
+                                    'hex'), 8), 16, '0'))::bit(64)::bigint % 100;   -- key 42 reads split if < P
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from migrator.db import Database, libpq_dsn
+from migrator.errors import OperationalError
+from migrator.sqlfiles import ident
+from migrator.state import NOTIFY_CHANNEL
+
+__all__ = ["FlagReader", "Flags", "FlagsUnavailable", "bucket"]
+
+log = logging.getLogger(__name__)
+
+READS_SPLIT = frozenset({"read_new", "write_new", "contracted"})
+WRITES_SPLIT = frozenset({"write_new", "contracted"})
+
+APPLICATION_NAME = "migrator-flags"
+LISTENER_APPLICATION_NAME = "migrator-flags-listener"
+CONNECT_TIMEOUT = 3  # seconds; a reload that cannot connect must not hold a request for long
+STATEMENT_TIMEOUT_MS = 2000
+POLL = 0.5  # how often the listener wakes to check for close() and for max_age
+BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
+WARN_EVERY = 60.0  # while the database stays unreachable, repeat the warning at most this often
+# Errors of the flag query that mean "expand has not created the state schema yet": the state is legacy.
+NOT_EXPANDED = (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction)
+
+
+class FlagsUnavailable(OperationalError):
+    """The first load of the flags failed: the application cannot know which side to use."""
+
+
+@dataclass(frozen=True)
+class Flags:
+    """One consistent load of a migration's flags."""
+
+    state: str
+    read_percent: int
+    loaded_at: float  # time.monotonic() when the query that produced it started
+
+
+def bucket(migration: str, key: str | int) -> int:
+    """The key's stable bucket 0..99: the same in every process, host and Python version (not hash())."""
+    digest = hashlib.sha256(f"{migration}\x1f{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 100
+
+
+class FlagReader:
+    """Cached, thread-safe view of one migration's flags, refreshed on NOTIFY and at most `max_age` old."""
+
+    def __init__(
+        self,
+        dsn: str,
+        migration: str = "core_project_split",
+        state_schema: str = "migrator",
+        *,
+        max_age: float = 5.0,
+        listen: bool = True,
+    ) -> None:
+        db = Database(dsn)  # parses the DSN (a bad one is a BadInputError) and knows how to print it masked
+        self._display = db.display
+        self._scrub = db.scrub
+        self._conninfo = libpq_dsn(db.url)
+        self.migration = migration
+        self.max_age = max_age
+        self._query = sql.SQL("SELECT {}(%(m)s), {}(%(m)s)").format(
+            ident(state_schema, "flag_state"), ident(state_schema, "read_percent")
+        )
+        self._lock = threading.Lock()  # guards _flags and the failure bookkeeping
+        self._query_lock = threading.Lock()  # guards _query_conn (the app-side connection)
+        self._query_conn: psycopg.Connection[Any] | None = None
+        self._stop = threading.Event()
+        self._listener_ok = False
+        self._failing_since: float | None = None
+        self._last_warning = 0.0
+        self._retry_at = 0.0
+        self._thread: threading.Thread | None = None
+
+        # The first load raises: an application must not start without knowing which side to use.
+        if listen:
+            # LISTEN before loading, on the same connection, so no transition can slip between the two.
+            try:
+                conn = self._connect(LISTENER_APPLICATION_NAME)
+            except psycopg.Error as exc:
+                raise self._unavailable(exc) from None
+            try:
+                conn.execute(sql.SQL("LISTEN {}").format(ident(NOTIFY_CHANNEL)))
+                self._flags = self._load(conn)
+            except psycopg.Error as exc:
+                conn.close()
+                raise self._unavailable(exc) from None
+            self._listener_ok = True
+            self._thread = threading.Thread(
+                target=self._listen, args=(conn,), name=f"migrator-flags-{migration}", daemon=True
+            )
+            self._thread.start()
+        else:
+            try:
+                with self._query_lock:
+                    self._flags = self._load(self._app_conn())
+            except psycopg.Error as exc:
+                self._drop_query_conn()
+                raise self._unavailable(exc) from None
+
+    # -- what applications ask ----------------------------------------------------------------------------
+
+    def flags(self) -> Flags:
+        """The current flags as one consistent snapshot (state and percent from the same load)."""
+        now = time.monotonic()
+        with self._lock:
+            current = self._flags
+            age = now - current.loaded_at
+            fresh = age <= self.max_age
+            # While the listener is connected it reloads on NOTIFY and on max_age itself; a request never waits.
+            delegated = self._listener_ok and age <= self.max_age + 2 * POLL
+            due = now >= self._retry_at
+        if fresh or delegated or not due or self._stop.is_set():
+            return current
+        # Stale and nobody else is refreshing: reload here, unless another request thread already is.
+        if self._query_lock.acquire(blocking=False):
+            try:
+                self._reload_on_app_conn()
+            finally:
+                self._query_lock.release()
+        with self._lock:
+            return self._flags
+
+    def state(self) -> str:
+        """The migration's state ('legacy' when the state schema or the migration's row does not exist)."""
+        return self.flags().state
+
+    def read_percent(self) -> int:
+        """The share of request keys (0..100) that read from the split tables in read_new."""
+        return self.flags().read_percent
+
+    def reads_split(self, request_key: str | int | None = None) -> bool:
+        """Read from the split tables? In read_new, true for read_percent% of keys, always the same ones.
+
+        Without a key only 100% counts: a caller that cannot name its request keeps reading legacy until every
+        request would read the split side. `42` and `"42"` are the same key.
+        """
+        f = self.flags()
+        if f.state != "read_new":
+            return f.state in READS_SPLIT
+        if request_key is None:
+            return f.read_percent >= 100
+        return bucket(self.migration, request_key) < f.read_percent
+
+    def writes_split(self) -> bool:
+        """Write to the split tables (write_new and contracted)?"""
+        return self.flags().state in WRITES_SPLIT
+
+    def refresh(self) -> None:
+        """Reload now. When the database does not answer, keep the last values and log a warning."""
+        with self._query_lock:
+            self._reload_on_app_conn()
+
+    def close(self) -> None:
+        """Stop the listener and close the connections. The last values stay readable."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=POLL + CONNECT_TIMEOUT + 1)
+        with self._query_lock:
+            self._drop_query_conn()
+
+    def __enter__(self) -> FlagReader:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- loading ------------------------------------------------------------------------------------------
+
+    def _connect(self, application_name: str) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(
+            self._conninfo, autocommit=True, application_name=application_name, connect_timeout=CONNECT_TIMEOUT
+        )
+        # A flag read is one tiny SELECT; it must never hang a request behind, say, DDL on the state table.
+        conn.execute("SELECT set_config('statement_timeout', %s, false)", [f"{STATEMENT_TIMEOUT_MS}ms"])
+        return conn
+
+    def _load(self, conn: psycopg.Connection[Any]) -> Flags:
+        started = time.monotonic()
+        try:
+            row = conn.execute(self._query, {"m": self.migration}).fetchone()
+        except NOT_EXPANDED:
+            return Flags("legacy", 0, started)  # expand has not run: no state schema, no functions
+        assert row is not None  # a SELECT of two scalar functions returns one row
+        return Flags(str(row[0]), int(row[1]), started)
+
+    def _store(self, flags: Flags) -> None:
+        with self._lock:
+            # Two loads may finish out of order (listener and a request thread); keep the one that started later.
+            if flags.loaded_at >= self._flags.loaded_at:
+                if flags.state != self._flags.state or flags.read_percent != self._flags.read_percent:
+                    log.info(
+                        "migration %s: flags now state=%s read_percent=%s",
+                        self.migration,
+                        flags.state,
+                        flags.read_percent,
+                    )
+                self._flags = flags
+            if self._failing_since is not None:
+                log.warning("migration %s: flags reachable again at %s", self.migration, self._display)
+            self._failing_since = None
+            self._retry_at = 0.0
+
+    def _failed(self, exc: BaseException, *, retry_in: float | None) -> None:
+        """Note a failed reload: keep the last values, warn (not on every attempt), and space out retries.
+
+        `retry_in` spaces out the request side's own attempts (None: leave its schedule as it is).
+        """
+        now = time.monotonic()
+        with self._lock:
+            if retry_in is not None:
+                self._retry_at = now + retry_in
+            first = self._failing_since is None
+            if first:
+                self._failing_since = now
+            if not first and now - self._last_warning < WARN_EVERY:
+                return
+            self._last_warning = now
+            age = now - self._flags.loaded_at
+            kept = f"state={self._flags.state} read_percent={self._flags.read_percent}"
+        log.warning(
+            "migration %s: cannot reload flags from %s (%s); keeping %s, loaded %.0f s ago",
+            self.migration,
+            self._display,
+            self._scrub(_first_line(str(exc))) or type(exc).__name__,
+            kept,
+            age,
+        )
+
+    def _app_conn(self) -> psycopg.Connection[Any]:
+        """The request-side connection, opened on first use (caller holds _query_lock)."""
+        if self._query_conn is None or self._query_conn.closed:
+            self._query_conn = self._connect(APPLICATION_NAME)
+        return self._query_conn
+
+    def _drop_query_conn(self) -> None:
+        if self._query_conn is not None:
+            self._query_conn.close()
+            self._query_conn = None
+
+    def _reload_on_app_conn(self) -> None:
+        """Reload on the request-side connection (caller holds _query_lock); never raises psycopg errors."""
+        for attempt in (1, 2):
+            try:
+                self._store(self._load(self._app_conn()))
+                return
+            except psycopg.Error as exc:
+                broken = self._query_conn is None or self._query_conn.broken or self._query_conn.closed
+                self._drop_query_conn()
+                # A connection the server dropped while idle fails once; a fresh one is worth one more try.
+                if attempt == 1 and broken and not isinstance(exc, psycopg.errors.ConnectionTimeout):
+                    continue
+                self._failed(exc, retry_in=min(self.max_age, BACKOFF_MAX))
+                return
+
+    def _unavailable(self, exc: psycopg.Error) -> FlagsUnavailable:
+        return FlagsUnavailable(
+            f"cannot read the flags of migration {self.migration} from {self._display}: "
+            f"{self._scrub(_first_line(str(exc)))}",
+            hint="check the DSN and that the server is running; the application cannot choose a side without them",
+        )
+
+    # -- the listener thread ------------------------------------------------------------------------------
+
+    def _listen(self, conn: psycopg.Connection[Any] | None) -> None:
+        """LISTEN, reload on each NOTIFY for this migration and whenever max_age passes; reconnect on loss."""
+        backoff = BACKOFF_START
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = self._connect(LISTENER_APPLICATION_NAME)
+                    conn.execute(sql.SQL("LISTEN {}").format(ident(NOTIFY_CHANNEL)))
+                    self._store(self._load(conn))  # anything may have changed while we were away
+                    self._listener_ok = True
+                    backoff = BACKOFF_START
+                self._wait_and_reload(conn)
+            except Exception as exc:  # the thread must outlive any failure; the app keeps serving
+                self._listener_ok = False
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                if self._stop.is_set():
+                    break
+                self._failed(exc, retry_in=None)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        self._listener_ok = False
+        if conn is not None:
+            conn.close()
+
+    def _wait_and_reload(self, conn: psycopg.Connection[Any]) -> None:
+        """One turn: wait up to POLL for a notification (or until max_age), reload when needed."""
+        with self._lock:
+            loaded_at = self._flags.loaded_at
+        until_stale = self.max_age - (time.monotonic() - loaded_at)
+        reload = until_stale <= 0
+        if not reload:
+            for note in conn.notifies(timeout=min(POLL, until_stale)):
+                if self._concerns_us(note.payload):
+                    reload = True
+                    break
+        if reload and not self._stop.is_set():
+            self._store(self._load(conn))
+
+    def _concerns_us(self, payload: str) -> bool:
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            return True  # an unreadable payload costs one query; ignoring it could cost a missed transition
+        return not isinstance(data, dict) or data.get("migration") in (None, self.migration)
+
+
+def _first_line(message: str) -> str:
+    message = message.strip()
+    return message.splitlines()[0] if message else message

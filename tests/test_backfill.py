@@ -1,0 +1,437 @@
+"""backfill: ids kept, quarantine, resume, pause, parallel workers — and the race rules, each with a test that
+also runs the naive variant and shows it breaking."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from migrator import state
+from migrator.db import Database
+from migrator.phases import backfill, expand
+from migrator.phases.base import Context
+from migrator.seed import seed
+from migrator.spec import Spec
+from tests.helpers import count, diff, quarantined
+
+pytestmark = pytest.mark.db
+
+
+@pytest.fixture
+def expanded(db: Database, projects_spec: Spec) -> Database:
+    """2,000 seeded legacy rows (5% dirty), expanded to dual_write."""
+    with db.connect() as c:
+        seed(c, 2000, dirty_ratio=0.05, random_seed=3)
+    expand.apply(Context(projects_spec, db))
+    return db
+
+
+def _ctx(db: Database, spec: Spec, **opts: Any) -> Context:
+    return Context(spec, db, options={"backfill": backfill.Options(**opts)})
+
+
+def _unsynced(conn: psycopg.Connection[Any], spec: Spec) -> int:
+    """Legacy rows neither in the base table nor in open quarantine."""
+    row = conn.execute(
+        "SELECT count(*) FROM core_project l WHERE NOT EXISTS (SELECT 1 FROM projects p WHERE p.id = l.id) "
+        "AND NOT EXISTS (SELECT 1 FROM migrator.quarantine q WHERE q.key = l.id::text AND q.resolved_at IS NULL)"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_backfill_copies_every_row_keeping_ids(expanded: Database, projects_spec: Spec, conn: Any) -> None:
+    """Every legacy row ends up in the split tables under its own id, or in quarantine; state backfilled."""
+    backfill.apply(_ctx(expanded, projects_spec))
+    assert state.read(conn, projects_spec).state == "backfilled"
+    assert diff(conn, projects_spec) == []
+    q = quarantined(conn, projects_spec)
+    assert count(conn, "projects") + len(q) == count(conn, "core_project")
+    assert set(q.values()) == {"23502"}
+    msg = conn.execute("SELECT message FROM migrator.quarantine LIMIT 1").fetchone()[0]
+    assert msg.startswith("null value in column")
+    assert _unsynced(conn, projects_spec) == 0
+
+
+def test_backfill_uuid_spec_and_defaults(db: Database, payments_spec: Spec, conn: Any) -> None:
+    """The payments spec (uuid key, other schemas, a default for a missing value) backfills correctly."""
+    conn.execute("CREATE SCHEMA billing")
+    conn.execute("""CREATE TABLE billing.legacy_payments (
+        payment_uuid uuid PRIMARY KEY DEFAULT gen_random_uuid(), method text, amount numeric(12,2),
+        currency varchar(3), paid_at timestamptz, card_last4 varchar(4), card_brand text, iban text, bic text,
+        gateway_response jsonb, notes text, retries bigint)""")
+    conn.execute("""INSERT INTO billing.legacy_payments (method, amount, currency, paid_at, card_last4, card_brand,
+        iban, bic, gateway_response, notes, retries)
+        SELECT CASE WHEN i % 3 = 0 THEN 'bank_transfer' ELSE 'card' END, i * 1.5, 'EUR', now() - i * interval '1h',
+               lpad((i % 10000)::text, 4, '0'), CASE WHEN i % 5 = 0 THEN NULL ELSE 'visa' END,
+               CASE WHEN i % 7 = 0 THEN NULL ELSE 'DE' || i END, NULL,
+               CASE WHEN i % 2 = 0 THEN jsonb_build_object('ok', true) END, NULL, i % 4
+          FROM generate_series(1, 1500) i""")
+    expand.apply(Context(payments_spec, db))
+    backfill.apply(_ctx(db, payments_spec, workers=2, batch_size=100))
+    assert diff(conn, payments_spec) == []
+    # card_brand missing -> filled with the spec's default, not quarantined
+    assert conn.execute("SELECT count(*) FROM billing_v2.card_payments WHERE card_brand = 'unknown'").fetchone()[0] > 0
+    assert set(quarantined(conn, payments_spec).values()) == {"23502"}  # the transfers without an iban
+
+
+def test_parallel_workers_share_ranges(expanded: Database, projects_spec: Spec, conn: Any) -> None:
+    """--workers 3 splits the keys into ranges, every range is done once, and the result is complete."""
+    backfill.apply(_ctx(expanded, projects_spec, workers=3, batch_size=50))
+    ranges = conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE status = 'done'), count(DISTINCT worker), "
+        "sum(rows_done) FROM migrator.backfill_ranges"
+    ).fetchone()
+    assert ranges[0] == ranges[1] == 12
+    assert ranges[2] >= 2
+    assert ranges[3] == 2000
+    assert diff(conn, projects_spec) == []
+
+
+def test_crashed_workers_range_is_reclaimed(expanded: Database, projects_spec: Spec, conn: Any) -> None:
+    """A range left 'running' by a worker whose connection is gone is taken over and finished."""
+    with expanded.connect(autocommit=True) as c:
+        backfill.ensure_ranges(c, projects_spec, 2)
+    conn.execute(
+        "UPDATE migrator.backfill_ranges SET status = 'running', worker = 'dead:1:0', worker_pid = 0, "
+        "heartbeat = now(), cursor_key = NULL WHERE range_no = 0"
+    )
+    backfill.apply(_ctx(expanded, projects_spec, workers=2))
+    assert conn.execute("SELECT count(*) FROM migrator.backfill_ranges WHERE status <> 'done'").fetchone()[0] == 0
+    assert diff(conn, projects_spec) == []
+    assert _unsynced(conn, projects_spec) == 0
+
+
+def test_resume_from_checkpoint_copies_the_rest(expanded: Database, projects_spec: Spec, conn: Any) -> None:
+    """A backfill stopped part-way resumes from its committed cursor and ends complete."""
+    with expanded.connect(autocommit=True) as c:
+        backfill.ensure_ranges(c, projects_spec, 1)
+    shared = backfill.Shared(
+        on_chunk=lambda f: shared.stop.set() if f["rows_total"] >= 600 else None, on_step=lambda m: None
+    )
+    backfill.run_workers(expanded, projects_spec, backfill.Options(batch_size=200), shared)
+    cursor, done = conn.execute("SELECT cursor_key, rows_done FROM migrator.backfill_ranges").fetchone()
+    assert done == 600
+    assert int(cursor) > 0
+    backfill.apply(_ctx(expanded, projects_spec, batch_size=200))
+    assert conn.execute("SELECT rows_done FROM migrator.backfill_ranges").fetchone()[0] == 2000
+    assert diff(conn, projects_spec) == []
+
+
+def test_pause_stops_workers_within_a_chunk(
+    expanded: Database, projects_spec: Spec, conn: Any, run_cli: Any, database_url: str
+) -> None:
+    """`migrator pause` makes the workers stop after their current chunk; `resume` lets them finish."""
+    assert run_cli("--dsn", database_url, "pause").exit_code == 0
+    steps: list[str] = []
+    ctx = _ctx(expanded, projects_spec, batch_size=100)
+    ctx.reporter = type("R", (), {"step": lambda self, m: steps.append(m), "progress": lambda self, *a, **k: None})()
+    t = threading.Thread(target=backfill.apply, args=(ctx,))
+    t.start()
+    time.sleep(1.5)
+    done_while_paused = conn.execute("SELECT sum(rows_done) FROM migrator.backfill_ranges").fetchone()[0]
+    assert done_while_paused == 100  # one chunk, then it waits
+    assert any("paused" in s for s in steps)
+    assert run_cli("--dsn", database_url, "resume").exit_code == 0
+    t.join(60)
+    assert not t.is_alive()
+    assert state.read(conn, projects_spec).state == "backfilled"
+
+
+def test_throttle_query_holds_the_backfill(expanded: Database, projects_spec: Spec, conn: Any) -> None:
+    """While the throttle query returns > 0 no chunk runs; when it returns 0 the backfill finishes."""
+    conn.execute("CREATE TABLE throttle (v int)")
+    conn.execute("INSERT INTO throttle VALUES (1)")
+    ctx = _ctx(expanded, projects_spec, throttle_query="SELECT v FROM throttle")
+    t = threading.Thread(target=backfill.apply, args=(ctx,))
+    t.start()
+    time.sleep(1.2)
+    assert conn.execute("SELECT coalesce(sum(rows_done), 0) FROM migrator.backfill_ranges").fetchone()[0] == 0
+    conn.execute("UPDATE throttle SET v = 0")
+    t.join(60)
+    assert state.read(conn, projects_spec).state == "backfilled"
+
+
+def test_backfill_rollback_and_rerun(
+    expanded: Database, projects_spec: Spec, run_cli: Any, database_url: str, conn: Any
+) -> None:
+    """backfilled -> rollback -> dual_write (rows kept, still synced) -> backfill again -> backfilled."""
+    assert run_cli("--dsn", database_url, "--json", "backfill").exit_code == 0
+    r = run_cli("--dsn", database_url, "rollback")
+    assert r.exit_code == 0, r.stderr
+    assert state.read(conn, projects_spec).state == "dual_write"
+    conn.execute("UPDATE core_project SET name = 'while rolled back' WHERE id = 10")
+    assert run_cli("--dsn", database_url, "backfill").exit_code == 0
+    assert diff(conn, projects_spec) == []
+
+
+# -- the race rules ---------------------------------------------------------------------------------------------
+
+K0, K1 = 5, 6  # consecutive clean-or-dirty ids in the first chunk; the blocker holds K0's base row
+
+
+def _make_clean(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(
+        "UPDATE core_project SET project_type = 'school', course_name = 'c', course_code = 'c', "
+        "teacher_name = 't' WHERE id IN (%s, %s)",
+        [K0, K1],
+    )
+    conn.execute("TRUNCATE projects, school_projects, self_study_projects, project_meta")
+
+
+def _waiting_on_lock(conn: psycopg.Connection[Any], app: str = "migrator") -> bool:
+    return bool(
+        conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'", [app]
+        ).fetchone()[0]
+    )  # type: ignore[index]
+
+
+def _race(
+    db: Database,
+    spec: Spec,
+    conn: psycopg.Connection[Any],
+    database_url: str,
+    app_write: Callable[[psycopg.Connection[Any]], None],
+) -> bool:
+    """Run one chunk that has read K0 and K1 and is held at K0's insert; meanwhile run app_write in another
+    session. Returns whether app_write finished while the chunk was held (i.e. the chunk did not block it)."""
+    _make_clean(conn)
+    blocker = psycopg.connect(database_url)
+    blocker.execute(
+        "INSERT INTO projects SELECT id, name, project_type, owner_id, start_date, end_date, is_draft, "
+        "created_at, updated_at FROM core_project WHERE id = %s",
+        [K0],
+    )
+    with db.connect(autocommit=True) as c:
+        backfill.ensure_ranges(c, spec, 1)
+    shared = backfill.Shared(on_chunk=lambda f: None, on_step=lambda m: None)
+    opts = backfill.Options(batch_size=100_000, lock_timeout=30)
+    worker = threading.Thread(target=backfill.run_workers, args=(db, spec, opts, shared))
+    worker.start()
+    deadline = time.monotonic() + 20
+    while not _waiting_on_lock(conn) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _waiting_on_lock(conn), "the chunk never reached the blocked insert"
+    finished = threading.Event()
+
+    def app() -> None:
+        with psycopg.connect(database_url, autocommit=True, application_name="app") as a:
+            app_write(a)
+        finished.set()
+
+    t = threading.Thread(target=app)
+    t.start()
+    finished.wait(1.0)
+    while_held = finished.is_set()
+    blocker.rollback()
+    blocker.close()
+    worker.join(60)
+    t.join(60)
+    assert not shared.errors, shared.errors
+    return while_held
+
+
+def _naive(monkeypatch: pytest.MonkeyPatch, old: str, new: str) -> None:
+    real = backfill.chunk_sql
+
+    def patched(spec: Spec, has_cursor: bool) -> Any:
+        text = real(spec, has_cursor).as_string(None)
+        assert old in text
+        return psycopg.sql.SQL(text.replace(old, new))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backfill, "chunk_sql", patched)
+
+
+@pytest.mark.parametrize("naive", [False, True], ids=["for-key-share", "naive-no-lock"])
+def test_race_delete_during_chunk_leaves_no_zombie(
+    expanded: Database, projects_spec: Spec, conn: Any, database_url: str, naive: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule 2: a DELETE committed between the chunk's read and its insert waits for the chunk (FOR KEY SHARE)
+    and its trigger removes the copy; without the lock the copy survives as a zombie."""
+    if naive:
+        _naive(monkeypatch, "FOR KEY SHARE", "")
+    did_not_wait = _race(
+        expanded, projects_spec, conn, database_url, lambda a: a.execute("DELETE FROM core_project WHERE id = %s", [K1])
+    )
+    zombie = conn.execute("SELECT count(*) FROM projects WHERE id = %s", [K1]).fetchone()[0]
+    assert did_not_wait == naive
+    assert zombie == (1 if naive else 0)
+
+
+@pytest.mark.parametrize("naive", [False, True], ids=["do-nothing", "naive-overwrite"])
+def test_race_update_during_chunk_is_not_lost(
+    expanded: Database, projects_spec: Spec, conn: Any, database_url: str, naive: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule 1: an UPDATE committed while a chunk holds a stale copy wins; a backfill that overwrote would lose
+    it."""
+    if naive:
+        _naive(
+            monkeypatch,
+            "WHERE NOT s.invalid\n    ON CONFLICT DO NOTHING",
+            'WHERE NOT s.invalid\n    ON CONFLICT ("id") DO UPDATE SET "name" = EXCLUDED."name"',
+        )
+    _race(
+        expanded,
+        projects_spec,
+        conn,
+        database_url,
+        lambda a: a.execute("UPDATE core_project SET name = 'app wins' WHERE id = %s", [K1]),
+    )
+    name = conn.execute("SELECT name FROM projects WHERE id = %s", [K1]).fetchone()[0]
+    assert (name == "app wins") != naive
+
+
+@pytest.mark.parametrize("naive", [False, True], ids=["children-follow-base", "naive-children"])
+def test_race_type_change_during_chunk_leaves_one_child(
+    expanded: Database, projects_spec: Spec, conn: Any, database_url: str, naive: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rules 1+3: a type change committed while a chunk holds the old type leaves exactly the new child; a
+    backfill that wrote children regardless of its base insert would add the stale one."""
+    if naive:
+        _naive(
+            monkeypatch,
+            'JOIN base_ins AS b ON b."id" = s."id"\n     WHERE s."project_type" = \'school\'',
+            'JOIN src AS b ON b."id" = s."id" AND NOT b.invalid\n     WHERE s."project_type" = \'school\'',
+        )
+    _race(
+        expanded,
+        projects_spec,
+        conn,
+        database_url,
+        lambda a: a.execute(
+            "UPDATE core_project SET project_type = 'self_study', goal_description = 'g', "
+            "study_frequency = 'daily' WHERE id = %s",
+            [K1],
+        ),
+    )
+    children = conn.execute(
+        "SELECT (SELECT count(*) FROM school_projects WHERE project_id = %s) + "
+        "(SELECT count(*) FROM self_study_projects WHERE project_id = %s)",
+        [K1, K1],
+    ).fetchone()
+    assert children[0] == (2 if naive else 1)
+
+
+# -- chaos ------------------------------------------------------------------------------------------------------
+
+
+def test_kill_9_at_random_points_then_resume(
+    db: Database, projects_spec: Spec, conn: Any, database_url: str, migrator_exe: str
+) -> None:
+    """The backfill process killed with SIGKILL at random moments, then run again, ends complete and equal."""
+    with db.connect() as c:
+        seed(c, 20_000, dirty_ratio=0.05, random_seed=11)
+    expand.apply(Context(projects_spec, db))
+    rng = random.Random(5)
+    kills = 0
+    for _ in range(5):
+        proc = subprocess.Popen(
+            [
+                migrator_exe,
+                "--dsn",
+                database_url,
+                "--json",
+                "backfill",
+                "--batch-size",
+                "100",
+                "--max-rows-per-second",
+                "8000",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.6, 1.6))  # past start-up, inside the copy (20k rows take ~2.5 s here)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    if state.read(conn, projects_spec).state != "backfilled":
+        final = subprocess.run(
+            [migrator_exe, "--dsn", database_url, "backfill"], capture_output=True, text=True, timeout=300, check=False
+        )
+        assert final.returncode == 0, final.stderr
+    assert kills >= 1
+    assert state.read(conn, projects_spec).state == "backfilled"
+    assert diff(conn, projects_spec) == []
+    assert _unsynced(conn, projects_spec) == 0
+    assert conn.execute("SELECT sum(rows_done) FROM migrator.backfill_ranges").fetchone()[0] == 20_000
+
+
+def test_stress_writers_during_parallel_backfill(
+    expanded: Database, projects_spec: Spec, conn: Any, database_url: str
+) -> None:
+    """Random inserts/updates/deletes/type changes by two writers while `backfill --workers 2` runs: afterwards
+    every legacy row equals its split rows or is quarantined, and no split row lacks a legacy row."""
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    ops = [0]
+
+    def writer(seed_: int) -> None:
+        rnd = random.Random(seed_)
+        try:
+            with psycopg.connect(database_url, autocommit=True, application_name="app") as a:
+                while not stop.is_set():
+                    pid = rnd.randint(1, 2100)
+                    kind = rnd.random()
+                    if kind < 0.2:
+                        a.execute(
+                            "INSERT INTO core_project (name, project_type, owner_id, course_name, course_code,"
+                            " teacher_name, syllabus) VALUES ('new', 'school', (SELECT min(id) FROM auth_user),"
+                            " 'c', 'c', %s, %s)",
+                            [None if rnd.random() < 0.1 else "t", '{"w": 1}' if rnd.random() < 0.5 else None],
+                        )
+                    elif kind < 0.5:
+                        a.execute(
+                            "UPDATE core_project SET name = md5(random()::text), syllabus = CASE WHEN "
+                            "random() < 0.5 THEN NULL ELSE '{\"x\": 2}'::jsonb END WHERE id = %s",
+                            [pid],
+                        )
+                    elif kind < 0.7:
+                        a.execute(
+                            "UPDATE core_project SET project_type = CASE project_type WHEN 'school' THEN "
+                            "'self_study' ELSE 'school' END, goal_description = coalesce(goal_description, 'g'),"
+                            " study_frequency = coalesce(study_frequency, 'weekly'), course_name = "
+                            "coalesce(course_name, 'c'), course_code = coalesce(course_code, 'c'), "
+                            "teacher_name = coalesce(teacher_name, 't') WHERE id = %s",
+                            [pid],
+                        )
+                    elif kind < 0.85:
+                        with a.transaction():
+                            a.execute("UPDATE core_project SET is_draft = NOT is_draft WHERE id = %s", [pid])
+                            a.execute("UPDATE core_project SET end_date = current_date WHERE id = %s", [pid + 1])
+                    else:
+                        a.execute("DELETE FROM core_project WHERE id = %s", [pid])
+                    ops[0] += 1
+        except BaseException as exc:
+            failures.append(exc)
+
+    writers = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+    for w in writers:
+        w.start()
+    time.sleep(0.3)
+    backfill.apply(_ctx(expanded, projects_spec, workers=2, batch_size=40, max_rows_per_second=1500))
+    time.sleep(0.3)
+    stop.set()
+    for w in writers:
+        w.join(30)
+    assert not failures, failures
+    assert ops[0] > 50
+    assert diff(conn, projects_spec) == []
+    assert _unsynced(conn, projects_spec) == 0
+    orphans = conn.execute(
+        "SELECT count(*) FROM projects p WHERE NOT EXISTS (SELECT 1 FROM core_project l WHERE l.id = p.id)"
+    ).fetchone()[0]
+    assert orphans == 0
+    two_children = conn.execute(
+        "SELECT count(*) FROM school_projects s JOIN self_study_projects t USING (project_id)"
+    ).fetchone()[0]
+    assert two_children == 0

@@ -166,7 +166,9 @@ def seed(app: App, rows: int, dirty_ratio: float, random_seed: int) -> None:
 
 
 @cli.command()
-@click.argument("phase", required=False, type=click.Choice(["expand", "backfill"]))
+@click.argument(
+    "phase", required=False, type=click.Choice(["expand", "backfill", "switch-reads", "switch-writes", "contract"])
+)
 @examples("migrator plan", "migrator plan expand > expand.sql", "migrator --spec payments.toml plan --json")
 @pass_app
 def plan(app: App, phase: str | None) -> None:
@@ -346,6 +348,63 @@ def resume(app: App) -> None:
     with app.db.connect(autocommit=True) as conn:
         state.set_flags(conn, app.spec, paused=False)
     _done(app, "resume", "running")
+
+
+@cli.command("switch-reads")
+@click.option(
+    "--percent",
+    type=click.IntRange(1, 100),
+    default=100,
+    show_default=True,
+    help="Share of request keys that read the split tables (raise it again later).",
+)
+@click.option("--reason", help="Why, for the audit log.")
+@examples("migrator switch-reads --percent 10", "migrator switch-reads            # 100%")
+@pass_app
+def switch_reads(app: App, percent: int, reason: str | None) -> None:
+    """validated -> read_new: applications read the split tables (P% of request keys). Guard: legacy equals
+    split right now."""
+    from migrator.phases import switch_reads as phase
+
+    phase.apply(_context(app, percent=percent, reason=reason))
+    _done(app, "switch-reads", f"read_new ({percent}% of reads on split)")
+
+
+@cli.command("switch-writes")
+@click.option("--reason", help="Why, for the audit log.")
+@examples("migrator switch-writes")
+@pass_app
+def switch_writes(app: App, reason: str | None) -> None:
+    """read_new -> write_new: applications write the split tables; reverse triggers keep legacy complete and
+    the forward triggers stay on for instances not yet switched."""
+    from migrator.phases import switch_writes as phase
+
+    phase.apply(_context(app, reason=reason))
+    _done(app, "switch-writes", "write_new")
+
+
+@cli.command()
+@click.option(
+    "--quiet-period",
+    type=click.FloatRange(min=0),
+    default=60,
+    show_default=True,
+    help="Seconds the legacy table must have gone without direct writes.",
+)
+@click.option("--compat-view", is_flag=True, help="Leave a view with the legacy name and shape over the split tables.")
+@click.option("--reason", help="Why, for the audit log.")
+@examples("migrator contract --compat-view", "migrator --yes contract --quiet-period 300")
+@pass_app
+def contract(app: App, quiet_period: float, compat_view: bool, reason: str | None) -> None:
+    """write_new -> contracted: re-point foreign keys at the base table, stop the sync, archive the legacy table
+    (renamed, never dropped)."""
+    from migrator.phases import contract as phase
+
+    console.confirm(
+        f"archive {app.spec.source.table} as {phase.archive_name(app.spec)} and stop the sync?", assume_yes=app.yes
+    )
+    phase.apply(_context(app, quiet_period=quiet_period, compat_view=compat_view, reason=reason))
+    _done(app, "contract", "contracted")
 
 
 @cli.command()

@@ -6,13 +6,16 @@ from collections.abc import Callable
 
 from migrator import state
 from migrator.errors import BadInputError, WrongState
-from migrator.phases import backfill, expand
+from migrator.phases import backfill, contract, expand, switch_reads, switch_writes
 from migrator.phases.base import Context
 
 # state -> (the state its rollback returns to, the function that does it)
 ROLLBACKS: dict[str, tuple[str, Callable[[Context], None]]] = {
     "dual_write": ("legacy", expand.rollback),
     "backfilled": ("dual_write", backfill.rollback),
+    "read_new": ("validated", switch_reads.rollback),
+    "write_new": ("read_new", switch_writes.rollback),
+    "contracted": ("write_new", contract.rollback),
 }
 
 

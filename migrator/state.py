@@ -141,9 +141,19 @@ class Transition:
     command: str
     started: float
 
-    def finish(self, to_state: str, *, reason: str | None = None, details: dict[str, Any] | None = None) -> None:
+    def finish(
+        self,
+        to_state: str,
+        *,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+        flags: dict[str, Any] | None = None,
+    ) -> None:
+        """Move the state (and flags) in one transaction: a listener never sees one without the other."""
         ms = int((time.monotonic() - self.started) * 1000)
         with self.conn.transaction():
+            if flags:
+                set_flags(self.conn, self.spec, **flags)
             record(
                 self.conn,
                 self.spec,

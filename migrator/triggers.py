@@ -11,7 +11,7 @@ from psycopg import sql
 from migrator import names
 from migrator.phases.base import Action, object_name
 from migrator.spec import ColumnSpec, Spec
-from migrator.sqlfiles import ident, join, literal, plpgsql_function, raw, render
+from migrator.sqlfiles import as_text, ident, join, literal, plpgsql_function, raw, render
 
 
 def function_name(spec: Spec, kind: str) -> sql.Identifier:
@@ -26,16 +26,16 @@ def trigger_name(spec: Spec, kind: str) -> sql.Identifier:
     return ident(trigger_name_text(spec, kind))
 
 
-def _new(col: str) -> sql.Composed:
-    return sql.Composed([raw("r."), ident(col)])
+def _new(col: str, row: str = "r") -> sql.Composed:
+    return sql.Composed([raw(f"{row}."), ident(col)])
 
 
-def _value(col: str, cs: ColumnSpec) -> sql.Composable:
-    """NEW.col, or coalesce(NEW.col, default) when the spec fills a missing required value."""
+def _value(col: str, cs: ColumnSpec, row: str = "r") -> sql.Composable:
+    """r.col, or coalesce(r.col, default) when the spec fills a missing required value."""
     if cs.required and not isinstance(cs.on_missing, str):
         default = sql.Composed([literal(cs.on_missing.default), raw(f"::{cs.type}")])
-        return sql.Composed([raw("coalesce("), _new(col), raw(", "), default, raw(")")])
-    return _new(col)
+        return sql.Composed([raw("coalesce("), _new(col, row), raw(", "), default, raw(")")])
+    return _new(col, row)
 
 
 def _upsert(
@@ -62,38 +62,39 @@ def _upsert(
     )
 
 
-def forward_sync_body(spec: Spec) -> sql.Composed:
-    """The statements that make the split rows equal the legacy row r (base first: children reference it)."""
+def forward_sync_body(spec: Spec, row: str = "r", op: str = "p_op") -> sql.Composed:
+    """The statements that make the split rows equal the legacy-shaped row `row` (base first: children
+    reference it). `op` names the variable holding INSERT/UPDATE/SYNC: on INSERT there is nothing to delete."""
     pk, link = spec.pk, spec.base.link_column
-    stmts: list[sql.Composable] = []
-    base_cols = list(spec.base.columns)
-    stmts.append(
+    rw, opv = raw(row), raw(op)
+    stmts: list[sql.Composable] = [
         _upsert(
             names.split(spec, spec.base.table),
             [pk],
-            [_new(pk)],
-            base_cols,
-            [_value(c, cs) for c, cs in spec.base.columns.items()],
+            [_new(pk, row)],
+            list(spec.base.columns),
+            [_value(c, cs, row) for c, cs in spec.base.columns.items()],
         )
-    )
-    disc = ident(spec.source.discriminator)
+    ]
     for v in spec.variants:
         upsert = _upsert(
             names.split(spec, v.table),
             [link],
-            [_new(pk)],
+            [_new(pk, row)],
             list(v.columns),
-            [_value(c, cs) for c, cs in v.columns.items()],
+            [_value(c, cs, row) for c, cs in v.columns.items()],
         )
         stmts.append(
             render(
                 "forward_variant",
-                disc=disc,
+                disc=ident(spec.source.discriminator),
                 when=literal(v.when),
                 upsert=upsert,
                 table=names.split(spec, v.table),
                 link=ident(link),
                 pk=ident(pk),
+                row=rw,
+                op=opv,
             )
         )
     if spec.meta:
@@ -109,6 +110,8 @@ def forward_sync_body(spec: Spec) -> sql.Composed:
                     key=ident(m.key_column),
                     value=ident(m.value_column),
                     name=literal(col),
+                    row=rw,
+                    op=opv,
                 )
             )
     return join(stmts, "\n        ")
@@ -153,7 +156,7 @@ def forward_actions(spec: Spec) -> list[Action]:
             render(
                 "create_trigger",
                 trigger=trigger_name(spec, "forward"),
-                events=raw("INSERT OR UPDATE OR DELETE"),
+                events=raw("AFTER INSERT OR UPDATE OR DELETE"),
                 table=names.source(spec),
                 level=raw("ROW"),
                 function=fn,
@@ -161,7 +164,7 @@ def forward_actions(spec: Spec) -> list[Action]:
             render(
                 "create_trigger",
                 trigger=trigger_name(spec, "forward_truncate"),
-                events=raw("TRUNCATE"),
+                events=raw("AFTER TRUNCATE"),
                 table=names.source(spec),
                 level=raw("STATEMENT"),
                 function=tfn,
@@ -189,3 +192,152 @@ def drop_forward_actions(spec: Spec) -> list[Action]:
         ";\n",
     )
     return [Action(f"detach forward triggers from {spec.source.table}", drops)]
+
+
+# -- reverse sync (split -> legacy), on from switch-writes until contract ------------------------------------
+
+
+def legacy_writes_sequence(spec: Spec) -> sql.Identifier:
+    return ident(spec.state_schema, object_name(spec.migration_name, suffix="legacy_writes"))
+
+
+def _reverse_base(spec: Spec) -> sql.Composed:
+    pk = spec.pk
+    cols = list(spec.base.columns)
+    return render(
+        "reverse_base",
+        legacy=names.source(spec),
+        pk=ident(pk),
+        all_cols=join([ident(c) for c in [pk, *cols]]),
+        new_vals=join([_new(c, "NEW") for c in [pk, *cols]]),
+        cols=join([ident(c) for c in cols]),
+        excluded=join([sql.Composed([raw("EXCLUDED."), ident(c)]) for c in cols]),
+    )
+
+
+def _reverse_variant(spec: Spec, i: int) -> sql.Composed:
+    v = spec.variants[i]
+    cols = list(v.columns)
+    return render(
+        "reverse_variant",
+        legacy=names.source(spec),
+        pk=ident(spec.pk),
+        link=ident(spec.base.link_column),
+        cols=join([ident(c) for c in cols]),
+        nulls=join([raw("NULL")] * len(cols)),
+        new_vals=join([_new(c, "NEW") for c in cols]),
+    )
+
+
+def _reverse_meta(spec: Spec) -> sql.Composed:
+    from migrator.views import meta_to_legacy
+
+    assert spec.meta is not None
+    m = spec.meta
+    key, link, value = ident(m.key_column), ident(spec.base.link_column), ident(m.value_column)
+    clears = [
+        sql.SQL("WHEN {} THEN UPDATE {} SET {} = NULL WHERE {} = OLD.{};").format(
+            literal(c), names.source(spec), ident(c), ident(spec.pk), link
+        )
+        for c in m.columns
+    ]
+    assigns = [
+        sql.SQL("WHEN {} THEN UPDATE {} SET {} = {} WHERE {} = NEW.{};").format(
+            literal(c),
+            names.source(spec),
+            ident(c),
+            meta_to_legacy(sql.Composed([raw("NEW."), value]), cs.type),
+            ident(spec.pk),
+            link,
+        )
+        for c, cs in m.columns.items()
+    ]
+    return render(
+        "reverse_meta",
+        clear=sql.SQL("CASE OLD.{} {} ELSE NULL; END CASE;").format(key, join(clears, " ")),
+        assign=sql.SQL("CASE NEW.{} {} ELSE NULL; END CASE;").format(key, join(assigns, " ")),
+    )
+
+
+def reverse_tables(spec: Spec) -> list[tuple[str, str, sql.Composed]]:
+    """(split table, function kind, function body) for each split table."""
+    out = [(spec.base.table, "reverse_base", _reverse_base(spec))]
+    out += [(v.table, f"reverse_v{i}", _reverse_variant(spec, i)) for i, v in enumerate(spec.variants)]
+    if spec.meta:
+        out.append((spec.meta.table, "reverse_meta", _reverse_meta(spec)))
+    return out
+
+
+def reverse_actions(spec: Spec) -> list[Action]:
+    """Functions first, then every reverse trigger and the legacy-writes counter in one short transaction."""
+    acts = [
+        Action(
+            "create the legacy-writes counter (a sequence: counting never blocks a writer)",
+            sql.SQL("CREATE SEQUENCE IF NOT EXISTS {}").format(legacy_writes_sequence(spec)),
+        ),
+        Action(
+            "create the legacy-writes statement trigger function",
+            plpgsql_function(
+                function_name(spec, "legacy_writes"),
+                render("legacy_writes_trigger", sequence=literal(as_text(legacy_writes_sequence(spec)))),
+            ),
+        ),
+    ]
+    attach: list[sql.Composable] = []
+    for table, kind, body in reverse_tables(spec):
+        acts.append(
+            Action(
+                f"create reverse sync function for {table} (split -> legacy)",
+                plpgsql_function(function_name(spec, kind), body),
+            )
+        )
+        attach.append(
+            render(
+                "create_trigger",
+                trigger=trigger_name(spec, kind),
+                events=raw("AFTER INSERT OR UPDATE OR DELETE"),
+                table=names.split(spec, table),
+                level=raw("ROW"),
+                function=function_name(spec, kind),
+            )
+        )
+    attach.append(
+        render(
+            "create_trigger",
+            trigger=trigger_name(spec, "legacy_writes"),
+            events=raw("AFTER INSERT OR UPDATE OR DELETE"),
+            table=names.source(spec),
+            level=raw("STATEMENT"),
+            function=function_name(spec, "legacy_writes"),
+        )
+    )
+    # All in one transaction: from its commit on, a write on either side reaches the other.
+    acts.append(
+        Action("attach reverse triggers to the split tables and the legacy-writes counter", join(attach, ";\n"))
+    )
+    return acts
+
+
+def drop_reverse_actions(spec: Spec) -> list[Action]:
+    drops: list[sql.Composable] = [
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(trigger_name(spec, kind), names.split(spec, table))
+        for table, kind, _ in reverse_tables(spec)
+    ]
+    drops.append(
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(trigger_name(spec, "legacy_writes"), names.source(spec))
+    )
+    return [Action("detach reverse triggers and the legacy-writes counter", join(drops, ";\n"))]
+
+
+def legacy_writes(conn: object, spec: Spec) -> int:
+    """How many direct legacy write statements the counter has seen (0 before switch-writes)."""
+    import psycopg
+
+    assert isinstance(conn, psycopg.Connection)
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [as_text(legacy_writes_sequence(spec))]).fetchone()
+    if not row or not row[0]:
+        return 0
+    value = conn.execute(
+        sql.SQL("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {}").format(legacy_writes_sequence(spec))
+    ).fetchone()
+    return int(value[0]) if value else 0

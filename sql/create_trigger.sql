@@ -1,1 +1,1 @@
-CREATE OR REPLACE TRIGGER {trigger} AFTER {events} ON {table} FOR EACH {level} EXECUTE FUNCTION {function}()
+CREATE OR REPLACE TRIGGER {trigger} {events} ON {table} FOR EACH {level} EXECUTE FUNCTION {function}()

@@ -2,7 +2,11 @@
 -- trigger (p_op INSERT/UPDATE) and by the backfill for rows it must re-read under lock (p_op SYNC).
 -- A row the split schema rejects goes to quarantine and the caller's statement succeeds.
 #variable_conflict use_column
+DECLARE
+    v_origin text := current_setting('migrator.origin', true);
 BEGIN
+    -- While we write the split rows, the reverse triggers (on in write_new) must not copy them back.
+    PERFORM set_config('migrator.origin', 'legacy', true);
     BEGIN
         {sync}
         UPDATE {quarantine} SET resolved_at = now()
@@ -17,4 +21,5 @@ BEGIN
            SET sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, row_data = EXCLUDED.row_data,
                source = EXCLUDED.source, last_seen = now(), resolved_at = NULL;
     END;
+    PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
 END

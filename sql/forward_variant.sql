@@ -1,5 +1,5 @@
-IF r.{disc} = {when} THEN
+IF {row}.{disc} = {when} THEN
             {upsert}
-        ELSIF p_op <> 'INSERT' THEN
-            DELETE FROM {table} WHERE {link} = r.{pk};
+        ELSIF {op} <> 'INSERT' THEN
+            DELETE FROM {table} WHERE {link} = {row}.{pk};
         END IF;

@@ -6,9 +6,16 @@ CREATE TABLE IF NOT EXISTS {schema}.state (
     read_percent bigint NOT NULL DEFAULT 0 CHECK (read_percent BETWEEN 0 AND 100),
     paused       boolean NOT NULL DEFAULT false,
     spec         jsonb,
+    -- contract's quiet-period guard: the legacy-writes counter's value, and since when it has not moved
+    legacy_mark    bigint,
+    legacy_mark_at timestamptz,
     updated_at   timestamptz NOT NULL DEFAULT now(),
     updated_by   text NOT NULL DEFAULT current_user
 );
+
+-- Columns added after the first release: a state schema created by an older migrator gains them here.
+ALTER TABLE {schema}.state ADD COLUMN IF NOT EXISTS legacy_mark bigint;
+ALTER TABLE {schema}.state ADD COLUMN IF NOT EXISTS legacy_mark_at timestamptz;
 
 CREATE TABLE IF NOT EXISTS {schema}.transitions (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -192,3 +192,10 @@ def run_actions(
         retry.run_with_retry(attempt)
         if on_step:
             on_step(action, True)
+
+
+def announce(ctx: Context) -> Callable[[Action, bool], None]:
+    def on_step(action: Action, ran: bool) -> None:
+        ctx.reporter.step(action.description if ran else f"{action.description} (already done)")
+
+    return on_step

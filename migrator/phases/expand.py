@@ -8,7 +8,6 @@ to tell it is already done, so re-running expand after a crash part-way finishes
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -17,7 +16,7 @@ from psycopg import sql
 from migrator import names, state, triggers
 from migrator.db import scalar
 from migrator.errors import GuardFailed, OperationalError, TableDoesNotExist
-from migrator.phases.base import Action, Context, Report, object_name, run_actions
+from migrator.phases.base import Action, Context, Report, announce, object_name, run_actions
 from migrator.spec import ColumnSpec, Spec
 from migrator.sqlfiles import as_text, ident, join, literal, load, raw, render
 
@@ -289,7 +288,7 @@ def apply(ctx: Context) -> None:
     with state.transition(db, ctx.spec, "expand", ("legacy",)) as tr:
         preflight(tr.conn, ctx.spec)
         actions = plan(ctx, tr.conn)
-        run_actions(tr.conn, actions, on_step=_announce(ctx), lock_timeout=ctx.lock_timeout)
+        run_actions(tr.conn, actions, on_step=announce(ctx), lock_timeout=ctx.lock_timeout)
         report = verify(ctx, tr.conn)
         if not report.ok:
             raise GuardFailed("expand finished but its checks failed: " + "; ".join(report.failures))
@@ -298,13 +297,6 @@ def apply(ctx: Context) -> None:
             reason=ctx.options.get("reason"),
             details={"steps": len(actions), "spec": ctx.spec.model_dump(mode="json", by_alias=True)},
         )
-
-
-def _announce(ctx: Context) -> Callable[[Action, bool], None]:
-    def on_step(action: Action, ran: bool) -> None:
-        ctx.reporter.step(action.description if ran else f"{action.description} (already done)")
-
-    return on_step
 
 
 def verify(ctx: Context, conn: psycopg.Connection[Any] | None = None) -> Report:
@@ -370,7 +362,7 @@ def rollback(ctx: Context) -> None:
     """dual_write -> legacy: the application never depended on the split tables, so nothing can be lost."""
     db = ctx.require_db()
     with state.transition(db, ctx.spec, "rollback", ("dual_write",)) as tr:
-        run_actions(tr.conn, rollback_plan(ctx), on_step=_announce(ctx), lock_timeout=ctx.lock_timeout)
+        run_actions(tr.conn, rollback_plan(ctx), on_step=announce(ctx), lock_timeout=ctx.lock_timeout)
         kept = "dropped" if ctx.options.get("drop_tables") else "kept (drop them with --drop-tables)"
         ctx.reporter.step(f"split tables {kept}")
         tr.finish(

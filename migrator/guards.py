@@ -1,0 +1,88 @@
+"""Guards the transitions share: a fresh row-level comparison, the quarantine, the legacy quiet period."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from migrator import names, triggers, views
+from migrator.errors import GuardFailed
+from migrator.spec import Spec
+from migrator.sqlfiles import ident, render
+
+
+def diff(conn: psycopg.Connection[Any], spec: Spec, limit: int = 1000) -> list[tuple[str, str]]:
+    """(side, key) of rows where legacy and split disagree, open quarantine left out. One statement, so both
+    sides are read in one snapshot while the application writes."""
+    query = render(
+        "guard_diff",
+        legacy=views.legacy_normalized(spec),
+        split=views.split_as_legacy(spec),
+        quarantine=names.state(spec, "quarantine"),
+        pk=ident(spec.pk),
+    )
+    rows = conn.execute(query, {"migration": spec.migration_name, "limit": limit}).fetchall()
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
+def require_in_sync(conn: psycopg.Connection[Any], spec: Spec, command: str) -> None:
+    """Refuse `command` unless every legacy row equals its split rows right now."""
+    bad = diff(conn, spec, limit=20)
+    if bad:
+        keys = ", ".join(f"{k} ({side.replace('_', ' ')})" for side, k in bad[:10])
+        raise GuardFailed(
+            f"`{command}` refused: legacy and split differ, e.g. {keys}",
+            hint="run `migrator validate` for the full report and fix the differences first",
+        )
+
+
+def open_quarantine(conn: psycopg.Connection[Any], spec: Spec) -> int:
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE migration = %s AND resolved_at IS NULL AND accepted_at IS NULL").format(
+            names.state(spec, "quarantine")
+        ),
+        [spec.migration_name],
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def mark_legacy_writes(conn: psycopg.Connection[Any], spec: Spec) -> tuple[int, datetime, bool]:
+    """Compare the legacy-writes counter with the stored mark; move the mark when the counter moved.
+    Returns (counter, quiet since, moved)."""
+    count = triggers.legacy_writes(conn, spec)
+    row = conn.execute(
+        sql.SQL("SELECT legacy_mark, legacy_mark_at, now() FROM {} WHERE migration = %s").format(
+            names.state(spec, "state")
+        ),
+        [spec.migration_name],
+    ).fetchone()
+    assert row is not None
+    mark, mark_at, now = row
+    if mark is None or mark != count or mark_at is None:
+        conn.execute(
+            sql.SQL("UPDATE {} SET legacy_mark = %s, legacy_mark_at = now() WHERE migration = %s").format(
+                names.state(spec, "state")
+            ),
+            [count, spec.migration_name],
+        )
+        return count, now, True
+    return count, mark_at, False
+
+
+def require_legacy_quiet(conn: psycopg.Connection[Any], spec: Spec, quiet_seconds: float) -> None:
+    """Refuse contract while applications still write the legacy table directly."""
+    count, since, moved = mark_legacy_writes(conn, spec)
+    now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+    quiet_for = (now - since).total_seconds()
+    if moved or quiet_for < quiet_seconds:
+        wait = quiet_seconds - (0 if moved else quiet_for)
+        raise GuardFailed(
+            f"`contract` refused: the legacy table has been free of direct writes for "
+            f"{0 if moved else quiet_for:.0f} s of the required {quiet_seconds:.0f} s "
+            f"({count} direct write statements since switch-writes)",
+            hint=f"make sure every application instance writes the split tables, then retry in {wait:.0f} s "
+            "(or pass --quiet-period with a shorter time)",
+        )

@@ -1,0 +1,53 @@
+"""switch-writes (read_new -> write_new): applications may now write the split tables.
+
+Instances roll over one at a time, so for a while writes arrive on both sides. The forward triggers stay on
+(an instance that has not seen the flag yet and still writes legacy loses nothing) and reverse triggers on
+the split tables keep the legacy row complete for every split write; each side skips the rows its
+counterpart is writing (the transaction-local setting migrator.origin). New ids come from the one legacy
+sequence whichever side inserts, so no id is ever reused.
+"""
+
+from __future__ import annotations
+
+from migrator import guards, state, triggers
+from migrator.phases.base import Action, Context, Report, announce, run_actions
+
+name = "switch-writes"
+
+
+def plan(ctx: Context) -> list[Action]:
+    return triggers.reverse_actions(ctx.spec)
+
+
+def apply(ctx: Context) -> None:
+    """Guard: legacy equals split right before. Then reverse sync on, then the flag."""
+    with state.transition(ctx.require_db(), ctx.spec, "switch-writes", ("read_new",)) as tr:
+        guards.require_in_sync(tr.conn, ctx.spec, "switch-writes")
+        run_actions(tr.conn, plan(ctx), on_step=announce(ctx), lock_timeout=ctx.lock_timeout)
+        with tr.conn.transaction():
+            guards.mark_legacy_writes(tr.conn, ctx.spec)  # the quiet period starts now
+        tr.finish("write_new", reason=ctx.options.get("reason"), flags={"read_percent": 100})
+
+
+def verify(ctx: Context) -> Report:
+    report = Report(name)
+    with ctx.require_db().connect(autocommit=True) as conn:
+        names_ = [triggers.trigger_name_text(ctx.spec, kind) for _, kind, _ in triggers.reverse_tables(ctx.spec)]
+        row = conn.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgname = ANY (%s) AND tgenabled <> 'D'", [names_]
+        ).fetchone()
+    report.check(
+        bool(row and row[0] == len(names_)), "reverse triggers enabled on every split table", "reverse triggers missing"
+    )
+    return report
+
+
+def rollback(ctx: Context) -> None:
+    """write_new -> read_new: legacy was kept complete by the reverse triggers; check that it equals split,
+    then stop the reverse sync. Applications must write legacy again (the flag tells them)."""
+    with state.transition(ctx.require_db(), ctx.spec, "rollback", ("write_new",)) as tr:
+        guards.require_in_sync(tr.conn, ctx.spec, "rollback")
+        run_actions(
+            tr.conn, triggers.drop_reverse_actions(ctx.spec), on_step=announce(ctx), lock_timeout=ctx.lock_timeout
+        )
+        tr.finish("read_new", reason=ctx.options.get("reason"))

@@ -1,0 +1,1 @@
+UPDATE {state} SET read_percent = {percent}, updated_at = now() WHERE migration = {migration}

@@ -14,7 +14,7 @@ from sqlalchemy import exc as sa_exc
 
 from migrator import console
 from migrator.db import DEFAULT_LOCK_TIMEOUT, Database, mask_dsn
-from migrator.errors import BadInputError, MigratorError
+from migrator.errors import BadInputError, GuardFailed, MigratorError
 from migrator.spec import Spec, load_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -350,6 +350,103 @@ def resume(app: App) -> None:
     _done(app, "resume", "running")
 
 
+@cli.command()
+@click.option("--junit", type=click.Path(dir_okay=False), help="Write JUnit XML (one testcase per check).")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write the full report as JSON.")
+@click.option("--accept-quarantine", is_flag=True, help="Let quarantined rows pass (audited; they stay in legacy).")
+@click.option("--chunk-rows", type=click.IntRange(min=100), help="Keys per compared chunk.")
+@click.option("--reason", help="Why, for the audit log.")
+@examples(
+    "migrator validate",
+    "migrator validate --junit validation.xml --report validation.json",
+    "migrator validate --accept-quarantine --reason 'legacy rows without a course, agreed with product'",
+)
+@pass_app
+def validate(
+    app: App, junit: str | None, report: str | None, accept_quarantine: bool, chunk_rows: int | None, reason: str | None
+) -> None:
+    """Compare every legacy row with its split rows (chunked: hash, then rows, then columns) and run every
+    check in validators/. Exit 0 clean, 1 on any mismatch (naming every id and column). From backfilled, a clean
+    result moves the state to validated; in later states it only checks."""
+    from migrator.phases import validate as phase
+
+    reporter = console.JsonReporter() if app.json else console.ProgressReporter("validate")
+    try:
+        with reporter.running():
+            result = phase.apply(
+                _context(
+                    app,
+                    reporter,
+                    junit=junit,
+                    report=report,
+                    accept_quarantine=accept_quarantine,
+                    chunk_rows=chunk_rows,
+                    reason=reason,
+                )
+            )
+    except phase.ValidationFailed as exc:
+        if app.json:
+            console.print_json({"event": "done", "command": "validate", **exc.result.as_dict()})
+        raise
+    if app.json:
+        console.print_json({"event": "done", "command": "validate", **result.as_dict()})
+    else:
+        console.success(result.summary())
+
+
+@cli.command()
+@click.option(
+    "--snapshot",
+    type=click.Path(exists=True),
+    required=True,
+    help="pg_dump file (-Fp, .sql.gz, -Fc, -Ft) or -Fd directory.",
+)
+@click.option("--junit", type=click.Path(dir_okay=False), help="Write JUnit XML (one testcase per step and per check).")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write the full report as JSON.")
+@click.option("--chunk-rows", type=click.IntRange(min=100), help="Keys per compared chunk.")
+@examples(
+    "migrator --dsn postgresql://ci@db-ci/postgres rehearse --snapshot prod.dump --junit rehearsal.xml",
+    "migrator rehearse --snapshot prod.sql.gz --report rehearsal.json   # on a temporary embedded PostgreSQL",
+)
+@pass_app
+def rehearse(app: App, snapshot: str, junit: str | None, report: str | None, chunk_rows: int | None) -> None:
+    """Restore a pg_dump into a throwaway database on the --dsn server (a temporary embedded one when none), run
+    every phase and every rollback on it, validating at each step; the database is dropped afterwards. Exit 0
+    when every step passed, 1 otherwise."""
+    from pathlib import Path
+
+    from migrator import rehearse as mod
+    from migrator.phases import validate as phase
+
+    reporter = console.JsonReporter() if app.json else console.StepReporter()
+    with reporter.running():
+        # app.dsn, not app.db: without a DSN the rehearsal gets a temporary embedded server, not the kept one.
+        result = mod.rehearse(
+            app.dsn,
+            Path(snapshot),
+            app.spec,
+            junit=Path(junit) if junit else None,
+            report=Path(report) if report else None,
+            reporter=reporter,
+            chunk_rows=chunk_rows or phase.DEFAULT_CHUNK_ROWS,
+        )
+    if app.json:
+        console.print_json({"event": "done", "command": "rehearse", **result.as_dict()})
+    else:
+        console.table(
+            "rehearsal",
+            ["step", "ok", "s", "state", "error"],
+            [
+                (s.name, "skipped" if s.skipped else s.ok, round(s.seconds, 2), s.state or "", s.error or "")
+                for s in result.steps
+            ],
+        )
+    if not result.ok:
+        raise GuardFailed(result.summary(), hint="the --junit/--report files list each step and every failing row")
+    if not app.json:
+        console.success(result.summary())
+
+
 @cli.command("switch-reads")
 @click.option(
     "--percent",
@@ -392,10 +489,17 @@ def switch_writes(app: App, reason: str | None) -> None:
     help="Seconds the legacy table must have gone without direct writes.",
 )
 @click.option("--compat-view", is_flag=True, help="Leave a view with the legacy name and shape over the split tables.")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seconds to keep waiting for the quiet period instead of refusing at once.",
+)
 @click.option("--reason", help="Why, for the audit log.")
 @examples("migrator contract --compat-view", "migrator --yes contract --quiet-period 300")
 @pass_app
-def contract(app: App, quiet_period: float, compat_view: bool, reason: str | None) -> None:
+def contract(app: App, quiet_period: float, compat_view: bool, wait: float, reason: str | None) -> None:
     """write_new -> contracted: re-point foreign keys at the base table, stop the sync, archive the legacy table
     (renamed, never dropped)."""
     from migrator.phases import contract as phase
@@ -403,7 +507,7 @@ def contract(app: App, quiet_period: float, compat_view: bool, reason: str | Non
     console.confirm(
         f"archive {app.spec.source.table} as {phase.archive_name(app.spec)} and stop the sync?", assume_yes=app.yes
     )
-    phase.apply(_context(app, quiet_period=quiet_period, compat_view=compat_view, reason=reason))
+    phase.apply(_context(app, quiet_period=quiet_period, compat_view=compat_view, wait=wait, reason=reason))
     _done(app, "contract", "contracted")
 
 
@@ -427,6 +531,90 @@ def rollback(app: App, to_state: str | None, drop_tables: bool, reason: str | No
     else:
         for frm, to in steps:
             console.success(f"rolled back {frm} -> {to}")
+
+
+@cli.command()
+@click.argument(
+    "state_name",
+    metavar="[STATE]",
+    required=False,
+    type=click.Choice(["legacy", "dual_write", "backfilled", "validated", "read_new", "write_new", "contracted"]),
+)
+@examples("migrator runbook", "migrator runbook write_new")
+@pass_app
+def runbook(app: App, state_name: str | None) -> None:
+    """Print the on-call page for the current state (or the one given): health checks, rollback, how to verify."""
+    from migrator import runbooks
+
+    if state_name is None:
+        from migrator import state as state_mod
+
+        with app.db.connect(autocommit=True) as conn:
+            state_name = state_mod.read(conn, app.spec).state
+    text = runbooks.page(state_name)
+    if app.json:
+        console.print_json({"state": state_name, "markdown": text, "commands": runbooks.commands(text)})
+    else:
+        console.markdown(text)
+
+
+@cli.command()
+@click.option("--rows", type=click.IntRange(min=100), default=100_000, show_default=True, help="Legacy rows to seed.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=1),
+    default=100,
+    show_default=True,
+    help="The live writer's transactions per second.",
+)
+@examples("migrator demo", "migrator demo --rows 1000000", "migrator --dsn postgresql://me@localhost/postgres demo")
+@pass_app
+def demo(app: App, rows: int, rate: float) -> None:
+    """The whole lifecycle under a live writer, in a database of its own (`migrator_demo`, re-created).
+
+    With no DSN it runs on the embedded PostgreSQL. Ends in `contracted` with a summary: time per phase, the
+    writer's transactions and failures (0), quarantined rows.
+    """
+    from migrator import demo as demo_mod
+
+    reporter = console.JsonReporter() if app.json else console.ProgressReporter("demo")
+    server = app.db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with reporter.running():
+        result = demo_mod.run(
+            server, rows, reporter, rate=rate, on_phase=None if app.json else lambda t: console.info(f"▶ {t}")
+        )
+    if app.json:
+        console.print_json(
+            {
+                "event": "done",
+                "database": result.database,
+                "rows": result.rows,
+                "phases": [{"phase": p, "seconds": round(s, 3), "state": st} for p, s, st in result.phases],
+                "writer": result.writer.__dict__,
+                "quarantined": result.quarantined_before_fix,
+                "state": result.final_state,
+            }
+        )
+        return
+    console.table(
+        f"demo: {result.rows:,} rows in database {result.database}",
+        ["phase", "seconds", "state after"],
+        [(p, round(s, 2), st) for p, s, st in result.phases],
+    )
+    w = result.writer
+    console.table(
+        "live writer",
+        ["transactions", "to legacy", "to split", "failures"],
+        [(w.transactions, w.legacy_writes, w.split_writes, w.failures)],
+    )
+    console.out.print(
+        f"quarantined rows found by the backfill (then fixed by the 'application'): {result.quarantined_before_fix:,}"
+    )
+    for e in w.errors:
+        console.warn(f"writer error: {e}")
+    if w.failures:
+        raise GuardFailed(f"the live writer saw {w.failures} failed transactions")
+    console.success(f"demo finished in state {result.final_state} with 0 failed writer transactions")
 
 
 @cli.command("embedded")

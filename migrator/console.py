@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -82,6 +83,13 @@ def _escape(text: str) -> str:
 def sql_script(text: str) -> None:
     if out.is_terminal:
         out.print(Syntax(text, "sql", theme="ansi_dark", word_wrap=True))
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def markdown(text: str) -> None:
+    if out.is_terminal:
+        out.print(Markdown(text))
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
 

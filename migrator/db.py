@@ -133,6 +133,9 @@ class Database:
         # Detach from SQLAlchemy's pool wrapper: with NullPool the psycopg connection is ours to close.
         fairy.detach()
         conn.autocommit = autocommit
+        # No automatic server-side prepares: after 5 runs psycopg would prepare our keyset-range statements, and
+        # PostgreSQL may then switch to a generic plan that scans whole tables instead of one key range.
+        conn.prepare_threshold = None
         return conn
 
     @contextmanager

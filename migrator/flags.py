@@ -56,6 +56,7 @@ LISTENER_APPLICATION_NAME = "migrator-flags-listener"
 CONNECT_TIMEOUT = 3  # seconds; a reload that cannot connect must not hold a request for long
 STATEMENT_TIMEOUT_MS = 2000
 POLL = 0.5  # how often the listener wakes to check for close() and for max_age
+MIN_PERIOD = 0.1  # the listener never reloads more often than this, however small max_age is
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
 WARN_EVERY = 60.0  # while the database stays unreachable, repeat the warning at most this often
 # Errors of the flag query that mean "expand has not created the state schema yet": the state is legacy.
@@ -93,6 +94,8 @@ class FlagReader:
         max_age: float = 5.0,
         listen: bool = True,
     ) -> None:
+        if not max_age > 0:
+            raise ValueError(f"max_age must be a positive number of seconds, got {max_age!r}")
         db = Database(dsn)  # parses the DSN (a bad one is a BadInputError) and knows how to print it masked
         self._display = db.display
         self._scrub = db.scrub
@@ -334,7 +337,7 @@ class FlagReader:
         """One turn: wait up to POLL for a notification (or until max_age), reload when needed."""
         with self._lock:
             loaded_at = self._flags.loaded_at
-        until_stale = self.max_age - (time.monotonic() - loaded_at)
+        until_stale = max(self.max_age, MIN_PERIOD) - (time.monotonic() - loaded_at)
         reload = until_stale <= 0
         if not reload:
             for note in conn.notifies(timeout=min(POLL, until_stale)):

@@ -72,16 +72,21 @@ def mark_legacy_writes(conn: psycopg.Connection[Any], spec: Spec) -> tuple[int, 
     return count, mark_at, False
 
 
+class LegacyNotQuiet(GuardFailed):
+    """The legacy table saw direct writes within the quiet period."""
+
+
 def require_legacy_quiet(conn: psycopg.Connection[Any], spec: Spec, quiet_seconds: float) -> None:
-    """Refuse contract while applications still write the legacy table directly."""
+    """Refuse contract while applications still write the legacy table directly. Call it outside a transaction
+    (autocommit): the mark it moves must stay moved when it refuses, or the quiet period would never start."""
     count, since, moved = mark_legacy_writes(conn, spec)
     now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
-    quiet_for = (now - since).total_seconds()
-    if moved or quiet_for < quiet_seconds:
-        wait = quiet_seconds - (0 if moved else quiet_for)
-        raise GuardFailed(
+    quiet_for = 0.0 if moved else (now - since).total_seconds()
+    if quiet_for < quiet_seconds:
+        wait = quiet_seconds - quiet_for
+        raise LegacyNotQuiet(
             f"`contract` refused: the legacy table has been free of direct writes for "
-            f"{0 if moved else quiet_for:.0f} s of the required {quiet_seconds:.0f} s "
+            f"{quiet_for:.0f} s of the required {quiet_seconds:.0f} s "
             f"({count} direct write statements since switch-writes)",
             hint=f"make sure every application instance writes the split tables, then retry in {wait:.0f} s "
             "(or pass --quiet-period with a shorter time)",

@@ -6,13 +6,14 @@ from collections.abc import Callable
 
 from migrator import state
 from migrator.errors import BadInputError, WrongState
-from migrator.phases import backfill, contract, expand, switch_reads, switch_writes
+from migrator.phases import backfill, contract, expand, switch_reads, switch_writes, validate
 from migrator.phases.base import Context
 
 # state -> (the state its rollback returns to, the function that does it)
 ROLLBACKS: dict[str, tuple[str, Callable[[Context], None]]] = {
     "dual_write": ("legacy", expand.rollback),
     "backfilled": ("dual_write", backfill.rollback),
+    "validated": ("backfilled", validate.rollback),
     "read_new": ("validated", switch_reads.rollback),
     "write_new": ("read_new", switch_writes.rollback),
     "contracted": ("write_new", contract.rollback),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from migrator.phases import backfill, contract, expand, switch_reads, switch_writes
+from migrator.phases import backfill, contract, expand, switch_reads, switch_writes, validate
 from migrator.phases.base import Action, Context, script
 from migrator.spec import Spec
 
 PHASES: dict[str, Callable[[Context], list[Action]]] = {
     "expand": expand.plan,
     "backfill": backfill.plan,
+    "validate": validate.plan,
     "switch-reads": switch_reads.plan,
     "switch-writes": switch_writes.plan,
     "contract": contract.plan,

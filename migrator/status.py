@@ -71,7 +71,12 @@ def collect(db: Database, spec: Spec) -> Status:
             updated_at=st.updated_at,
             updated_by=st.updated_by,
         )
-        result.tables.append(_table_status(conn, "legacy", spec.source.schema_, spec.source.table))
+        if st.state == "contracted":
+            from migrator.phases.contract import archive_name
+
+            result.tables.append(_table_status(conn, "legacy (archived)", spec.source.schema_, archive_name(spec)))
+        else:
+            result.tables.append(_table_status(conn, "legacy", spec.source.schema_, spec.source.table))
         result.tables.append(_table_status(conn, "base", spec.target_schema, spec.base.table))
         for v in spec.variants:
             result.tables.append(_table_status(conn, f"variant {v.when}", spec.target_schema, v.table))

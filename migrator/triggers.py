@@ -9,7 +9,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from migrator import names
-from migrator.phases.base import Action, object_name
+from migrator.phases.base import MULTI_TABLE_LOCK_TIMEOUT, Action, object_name
 from migrator.spec import ColumnSpec, Spec
 from migrator.sqlfiles import as_text, ident, join, literal, plpgsql_function, raw, render
 
@@ -313,7 +313,11 @@ def reverse_actions(spec: Spec) -> list[Action]:
     )
     # All in one transaction: from its commit on, a write on either side reaches the other.
     acts.append(
-        Action("attach reverse triggers to the split tables and the legacy-writes counter", join(attach, ";\n"))
+        Action(
+            "attach reverse triggers to the split tables and the legacy-writes counter",
+            join(attach, ";\n"),
+            lock_timeout=MULTI_TABLE_LOCK_TIMEOUT,
+        )
     )
     return acts
 
@@ -326,7 +330,13 @@ def drop_reverse_actions(spec: Spec) -> list[Action]:
     drops.append(
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(trigger_name(spec, "legacy_writes"), names.source(spec))
     )
-    return [Action("detach reverse triggers and the legacy-writes counter", join(drops, ";\n"))]
+    return [
+        Action(
+            "detach reverse triggers and the legacy-writes counter",
+            join(drops, ";\n"),
+            lock_timeout=MULTI_TABLE_LOCK_TIMEOUT,
+        )
+    ]
 
 
 def legacy_writes(conn: object, spec: Spec) -> int:

@@ -237,6 +237,12 @@ def test_first_load_failure_raises_a_clear_error() -> None:
         FlagReader("postgresql://root:s3cret@127.0.0.1:1/nowhere", listen=False)
 
 
+def test_max_age_must_be_positive() -> None:
+    """max_age <= 0 is refused before any connection is made (it would turn the cache into a busy loop)."""
+    with pytest.raises(ValueError, match="max_age"):
+        FlagReader("postgresql://root@127.0.0.1:1/nowhere", max_age=0)
+
+
 def test_close_releases_every_connection(reader: FlagReader, with_state: Any, database_url: str) -> None:
     """close() (the with block's exit) stops the listener thread and closes both connections."""
     with FlagReader(database_url, max_age=60) as r:

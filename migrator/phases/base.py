@@ -21,6 +21,11 @@ from migrator.spec import Spec
 from migrator.sqlfiles import as_text, literal, raw
 
 PG_MAX_IDENT_BYTES = 63
+# A transaction that locks both the legacy and the split tables meets application transactions that lock them in
+# either order (forward sync: legacy then split; reverse sync: split then legacy). Waiting less than PostgreSQL's
+# deadlock_timeout (1 s by default) means we give up and retry before the deadlock detector could pick an
+# application transaction as its victim.
+MULTI_TABLE_LOCK_TIMEOUT = 0.5
 
 # What psycopg can execute: a plain SQL fragment or a composition of them.
 Query = sql.SQL | sql.Composed

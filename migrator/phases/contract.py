@@ -24,7 +24,15 @@ from migrator import guards, names, state, triggers, views
 from migrator.db import scalar
 from migrator.errors import GuardFailed
 from migrator.phases.backfill import ChunkSizer
-from migrator.phases.base import Action, Context, Report, announce, object_name, run_actions
+from migrator.phases.base import (
+    MULTI_TABLE_LOCK_TIMEOUT,
+    Action,
+    Context,
+    Report,
+    announce,
+    object_name,
+    run_actions,
+)
 from migrator.spec import Spec
 from migrator.sqlfiles import as_text, ident, join, literal, load, plpgsql_function, raw, render
 
@@ -97,7 +105,8 @@ def _repoint(spec: Spec, fk: ReferenceFK, to: sql.Identifier, to_column: str) ->
             f"drop the old foreign key {fk.old_name}",
             # Deliberate: its replacement was validated in the previous step.
             sql.SQL("-- squawk-ignore ban-drop-constraint\nALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
-                fk.table, ident(fk.old_name)),
+                fk.table, ident(fk.old_name)
+            ),
         ),
     ]
 
@@ -135,15 +144,25 @@ def plan(ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Acti
     drops = [*triggers.drop_forward_actions(spec), *triggers.drop_reverse_actions(spec)]
     swap: list[sql.Composable] = [a.statement for a in drops]
     # The rename is the point of contract (guarded above), so the linter is told it is deliberate.
-    swap.append(sql.SQL("-- squawk-ignore renaming-table\nALTER TABLE {} RENAME TO {}").format(
-        names.source(spec), ident(archive_name(spec))))
+    swap.append(
+        sql.SQL("-- squawk-ignore renaming-table\nALTER TABLE {} RENAME TO {}").format(
+            names.source(spec), ident(archive_name(spec))
+        )
+    )
     if ctx.options.get("compat_view"):
         swap += _compat_view(spec)
+        # Defaults in the same transaction: an insert through the view must never meet a view without them.
+        swap += _view_defaults(conn, spec) if conn is not None else []
     acts.append(
         Action(
             f"in one transaction: stop both syncs, archive {spec.source.table} as {archive_name(spec)}"
-            + (", create the compatibility view" if ctx.options.get("compat_view") else ""),
+            + (
+                ", create the compatibility view (with the table's column defaults)"
+                if ctx.options.get("compat_view")
+                else ""
+            ),
             join(swap, ";\n"),
+            lock_timeout=MULTI_TABLE_LOCK_TIMEOUT,
         )
     )
     return acts
@@ -161,12 +180,9 @@ def apply(ctx: Context) -> None:
                 hint="fix them in the application, or accept them with `migrator validate "
                 "--accept-quarantine` (they stay in the archive only)",
             )
-        with tr.conn.transaction():
-            guards.require_legacy_quiet(tr.conn, spec, quiet)
+        _wait_for_quiet(ctx, tr.conn, quiet, float(ctx.options.get("wait", 0)))
         actions = plan(ctx, tr.conn)
         run_actions(tr.conn, actions, on_step=announce(ctx), lock_timeout=ctx.lock_timeout)
-        if ctx.options.get("compat_view"):
-            _copy_defaults(tr.conn, spec)
         tr.finish(
             "contracted",
             reason=ctx.options.get("reason"),
@@ -174,19 +190,35 @@ def apply(ctx: Context) -> None:
         )
 
 
-def _copy_defaults(conn: psycopg.Connection[Any], spec: Spec) -> None:
-    # The view should insert like the table did: same defaults (the key from the same sequence).
+def _wait_for_quiet(ctx: Context, conn: psycopg.Connection[Any], quiet: float, wait: float) -> None:
+    """Check the quiet period; with --wait, keep checking (once a second) for up to `wait` seconds."""
+    deadline = time.monotonic() + wait
+    announced = False
+    while True:
+        try:
+            # Not inside a transaction: the moved mark must be committed even when the guard refuses.
+            guards.require_legacy_quiet(conn, ctx.spec, quiet)
+            return
+        except guards.LegacyNotQuiet as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if not announced:
+                ctx.reporter.step(f"waiting for the legacy table to stay quiet for {quiet:.0f} s ({exc.message})")
+                announced = True
+            time.sleep(1.0)
+
+
+def _view_defaults(conn: psycopg.Connection[Any], spec: Spec) -> list[sql.Composable]:
+    """ALTER VIEW … SET DEFAULT for every legacy column with a default (the key: its sequence)."""
     rows = conn.execute(
-        load("view_defaults"), {"table": as_text(archive(spec)), "columns": spec.legacy_columns()}
+        load("view_defaults"), {"table": as_text(names.source(spec)), "columns": spec.legacy_columns()}
     ).fetchall()
-    with conn.transaction():
-        for column, expr in rows:
-            if expr:
-                conn.execute(
-                    sql.SQL("ALTER VIEW {} ALTER COLUMN {} SET DEFAULT {}").format(
-                        names.source(spec), ident(column), raw(expr)
-                    )
-                )  # the catalog's own default expression
+    return [
+        # The expression is the catalog's own default text for that column.
+        sql.SQL("ALTER VIEW {} ALTER COLUMN {} SET DEFAULT {}").format(names.source(spec), ident(column), raw(expr))
+        for column, expr in rows
+        if expr
+    ]
 
 
 def verify(ctx: Context) -> Report:
@@ -225,6 +257,7 @@ def rollback_plan(ctx: Context, conn: psycopg.Connection[Any] | None = None) -> 
             f"in one transaction: drop the compatibility view, rename {archive_name(spec)} back, "
             "re-install forward and reverse sync",
             join(_restore_statements(spec), ";\n"),
+            lock_timeout=MULTI_TABLE_LOCK_TIMEOUT,
         )
     ]
 

@@ -7,9 +7,9 @@ side (deterministically per key, see migrator.flags); raising P later is allowed
 
 from __future__ import annotations
 
-from migrator import guards, names, state
+from migrator import guards, names, state, triggers
 from migrator.errors import BadInputError
-from migrator.phases.base import Action, Context, Report
+from migrator.phases.base import Action, Context, Report, announce, run_actions
 from migrator.sqlfiles import literal, render
 
 name = "switch-reads"
@@ -64,6 +64,10 @@ def verify(ctx: Context) -> Report:
 
 
 def rollback(ctx: Context) -> None:
-    """read_new -> validated: reads go back to legacy. Writes never left legacy, so nothing can be lost."""
+    """read_new -> validated: reads go back to legacy. Writes never left legacy (or, after a rollback from
+    write_new, the reverse triggers left on carried them there); those triggers are removed now."""
     with state.transition(ctx.require_db(), ctx.spec, "rollback", ("read_new",)) as tr:
+        run_actions(
+            tr.conn, triggers.drop_reverse_actions(ctx.spec), on_step=announce(ctx), lock_timeout=ctx.lock_timeout
+        )
         tr.finish("validated", reason=ctx.options.get("reason"), flags={"read_percent": 0})

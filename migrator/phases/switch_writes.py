@@ -43,11 +43,14 @@ def verify(ctx: Context) -> Report:
 
 
 def rollback(ctx: Context) -> None:
-    """write_new -> read_new: legacy was kept complete by the reverse triggers; check that it equals split,
-    then stop the reverse sync. Applications must write legacy again (the flag tells them)."""
+    """write_new -> read_new: legacy was kept complete by the reverse triggers; check that it equals split, then
+    flip the flag so applications write legacy again.
+
+    The reverse triggers stay on: instances that have not seen the flag yet still write the split tables, and
+    those writes must reach legacy. They cost nothing once nobody writes split; `rollback` from read_new (or
+    `contract`) removes them.
+    """
     with state.transition(ctx.require_db(), ctx.spec, "rollback", ("write_new",)) as tr:
         guards.require_in_sync(tr.conn, ctx.spec, "rollback")
-        run_actions(
-            tr.conn, triggers.drop_reverse_actions(ctx.spec), on_step=announce(ctx), lock_timeout=ctx.lock_timeout
-        )
+        ctx.reporter.step("reverse sync stays on until the next rollback, for instances still writing split")
         tr.finish("read_new", reason=ctx.options.get("reason"))

@@ -46,7 +46,7 @@ COMMIT;
 
 -- in one transaction: stop both syncs, archive core_project as core_project_archived
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 DROP TRIGGER IF EXISTS "migrator_core_project_split_forward" ON "public"."core_project";
 DROP TRIGGER IF EXISTS "migrator_core_project_split_forward_truncate" ON "public"."core_project";

@@ -134,7 +134,7 @@ COMMIT;
 
 -- attach reverse triggers to the split tables and the legacy-writes counter
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 CREATE OR REPLACE TRIGGER "migrator_core_project_split_reverse_base" AFTER INSERT OR UPDATE OR DELETE ON "public"."projects" FOR EACH ROW EXECUTE FUNCTION "migrator"."core_project_split_reverse_base"();
 CREATE OR REPLACE TRIGGER "migrator_core_project_split_reverse_v0" AFTER INSERT OR UPDATE OR DELETE ON "public"."school_projects" FOR EACH ROW EXECUTE FUNCTION "migrator"."core_project_split_reverse_v0"();

@@ -1,0 +1,405 @@
+"""Zero downtime, measured with an independent load generator (pgbench), two runs back to back:
+
+  (a) baseline: the application's mix of writes and reads at a fixed rate, no migration;
+  (b) the same load while migrator runs the whole lifecycle — expand, backfill, validate, switch-reads,
+      switch-writes, contract — with a rollback from each state and a re-advance.
+
+The pgbench script follows the flags like an application: it asks migrator.flag_state() each transaction and
+writes the legacy table until write_new, the split tables after; it reads the split tables from read_new on.
+Every write is also recorded in a ledger table in the same transaction, so at the end every row pgbench wrote
+can be checked: present and equal (or absent, if its last write was a delete) — 0 lost, 0 zombies.
+
+Prints failed transactions, p50/p99/max latency of (a) and (b) and the p99 ratio, the longest lock wait any
+pgbench statement was seen in, and the ledger check.
+
+    python bench/zero_downtime.py --rows 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import find_pgbench, scratch_database  # noqa: E402
+
+from migrator import lifecycle, state  # noqa: E402
+from migrator.db import Database  # noqa: E402
+from migrator.phases import backfill, contract, expand, switch_reads, switch_writes, validate  # noqa: E402
+from migrator.phases.base import Context, NullReporter, run_actions  # noqa: E402
+from migrator.seed import seed  # noqa: E402
+from migrator.spec import Spec, load_spec  # noqa: E402
+
+MIGRATION = "core_project_split"
+LOCK_TIMEOUT_S = 2.0
+
+# One transaction per script run. Writes go where the flags say; each write also appends to bench_ledger in the
+# same statement (data-modifying CTEs), so the final check knows the last committed write of every id.
+SCRIPT = r"""
+\set id random(1, :maxid)
+\set op random(1, 100)
+SELECT (migrator.flag_state('core_project_split') IN ('write_new', 'contracted'))::int AS w,
+       (migrator.flag_state('core_project_split') IN ('read_new', 'write_new', 'contracted'))::int AS rs \gset
+\if :w
+\if :op <= 10
+WITH i AS (INSERT INTO projects (name, project_type, owner_id, is_draft, created_at, updated_at)
+           VALUES ('pgbench split ' || :id, 'school', 1, true, now(), now()) RETURNING id, name, project_type),
+     c AS (INSERT INTO school_projects SELECT id, 'Course', 'PG-1', 'Teacher' FROM i)
+INSERT INTO bench_ledger (pid, op, name, ptype) SELECT id, 'i', name, project_type FROM i;
+\elif :op <= 60
+WITH u AS (UPDATE projects SET name = 'pgbench split upd ' || :op, updated_at = now() WHERE id = :id
+           RETURNING id, name, project_type)
+INSERT INTO bench_ledger (pid, op, name, ptype) SELECT id, 'u', name, project_type FROM u;
+\elif :op <= 65
+WITH d AS (DELETE FROM projects WHERE id = :id RETURNING id)
+INSERT INTO bench_ledger (pid, op) SELECT id, 'd' FROM d;
+\endif
+\else
+\if :op <= 10
+WITH i AS (INSERT INTO core_project (name, project_type, owner_id, goal_description, study_frequency)
+           VALUES ('pgbench legacy ' || :id, 'self_study', 1, 'Goal', 'weekly') RETURNING id, name, project_type)
+INSERT INTO bench_ledger (pid, op, name, ptype) SELECT id, 'i', name, project_type FROM i;
+\elif :op <= 50
+WITH u AS (UPDATE core_project SET name = 'pgbench legacy upd ' || :op, updated_at = now() WHERE id = :id
+           RETURNING id, name, project_type)
+INSERT INTO bench_ledger (pid, op, name, ptype) SELECT id, 'u', name, project_type FROM u;
+\elif :op <= 60
+WITH t AS (UPDATE core_project SET project_type = CASE project_type WHEN 'school' THEN 'self_study' ELSE 'school' END,
+                  course_name = coalesce(course_name, 'C'), course_code = coalesce(course_code, 'C-1'),
+                  teacher_name = coalesce(teacher_name, 'T'), goal_description = coalesce(goal_description, 'G'),
+                  study_frequency = coalesce(study_frequency, 'weekly')
+            WHERE id = :id RETURNING id, name, project_type)
+INSERT INTO bench_ledger (pid, op, name, ptype) SELECT id, 't', name, project_type FROM t;
+\elif :op <= 65
+WITH d AS (DELETE FROM core_project WHERE id = :id RETURNING id)
+INSERT INTO bench_ledger (pid, op) SELECT id, 'd' FROM d;
+\endif
+\endif
+\if :rs
+SELECT p.name, s.course_name, t.goal_description FROM projects p
+  LEFT JOIN school_projects s ON s.project_id = p.id LEFT JOIN self_study_projects t ON t.project_id = p.id
+ WHERE p.id = :id;
+\else
+SELECT name, course_name, goal_description FROM core_project WHERE id = :id;
+\endif
+"""
+
+
+def pgbench_segment(
+    pgbench: str, dsn: str, script: Path, logdir: Path, tag: str, *, rate: float, clients: int, seconds: int, maxid: int
+) -> dict[str, Any]:
+    """One pgbench run of `seconds`; returns counts and any aborted-client errors."""
+    prefix = logdir / tag
+    cmd = [
+        pgbench,
+        "-n",
+        "-f",
+        str(script),
+        "-c",
+        str(clients),
+        "-j",
+        str(clients),
+        "-T",
+        str(seconds),
+        "-R",
+        str(rate),
+        "-D",
+        f"maxid={maxid}",
+        "-l",
+        "--log-prefix",
+        str(prefix),
+        dsn,
+    ]
+    env = {**os.environ, "PGAPPNAME": "pgbench"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    out = proc.stdout + proc.stderr
+    processed = re.search(r"number of transactions actually processed: (\d+)", out)
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    aborted = re.findall(r"client \d+ aborted.*", out)
+    return {
+        "processed": int(processed.group(1)) if processed else 0,
+        "failed": int(failed.group(1)) if failed else 0,
+        "aborted": aborted,
+        "rc": proc.returncode,
+    }
+
+
+def latencies(logdir: Path, tag: str) -> list[float]:
+    """Per-transaction latencies (ms) from pgbench's -l logs."""
+    out: list[float] = []
+    for f in logdir.glob(f"{tag}*"):
+        for line in f.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[2].isdigit():
+                out.append(int(parts[2]) / 1000.0)
+    return out
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+class LockWaitSampler:
+    """Samples pg_stat_activity every 20 ms for pgbench sessions waiting on a lock; keeps the longest wait."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.longest = 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.stop.is_set():
+                row = conn.execute(
+                    "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - query_start)), 0) "
+                    "FROM pg_stat_activity WHERE application_name = 'pgbench' "
+                    "AND wait_event_type = 'Lock'"
+                ).fetchone()
+                self.longest = max(self.longest, float(row[0]) if row else 0.0)
+                time.sleep(0.02)
+
+    def __enter__(self) -> LockWaitSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def run_load(
+    pgbench: str,
+    dsn: str,
+    script: Path,
+    logdir: Path,
+    tag: str,
+    done: Callable[[], bool],
+    *,
+    rate: float,
+    clients: int,
+    maxid: int,
+    segment: int = 5,
+) -> dict[str, Any]:
+    """Run pgbench in back-to-back segments until done() (each segment prints its own failure counts)."""
+    totals: dict[str, Any] = {"processed": 0, "failed": 0, "aborted": []}
+    n = 0
+    while True:
+        res = pgbench_segment(
+            pgbench, dsn, script, logdir, f"{tag}_{n}", rate=rate, clients=clients, seconds=segment, maxid=maxid
+        )
+        totals["processed"] += res["processed"]
+        totals["failed"] += res["failed"]
+        totals["aborted"] += res["aborted"]
+        n += 1
+        if done():
+            return totals
+
+
+def lifecycle_steps(spec: Spec, db: Database) -> list[tuple[str, Callable[[], object]]]:
+    def ctx(**o: Any) -> Context:
+        return Context(spec, db, reporter=NullReporter(), options=o)
+
+    def rb() -> object:
+        return lifecycle.rollback(ctx())
+
+    return [
+        ("expand", lambda: expand.apply(ctx())),
+        ("rollback dual_write", rb),
+        ("expand", lambda: expand.apply(ctx())),
+        ("backfill", lambda: backfill.apply(ctx(backfill=backfill.Options()))),
+        ("rollback backfilled", rb),
+        ("backfill", lambda: backfill.apply(ctx(backfill=backfill.Options()))),
+        ("validate", lambda: validate.apply(ctx())),
+        ("rollback validated", rb),
+        ("validate", lambda: validate.apply(ctx())),
+        ("switch-reads", lambda: switch_reads.apply(ctx(percent=100))),
+        ("rollback read_new", rb),
+        ("switch-reads", lambda: switch_reads.apply(ctx(percent=100))),
+        ("switch-writes", lambda: switch_writes.apply(ctx())),
+        ("rollback write_new", rb),
+        ("switch-writes", lambda: switch_writes.apply(ctx())),
+        ("contract", lambda: contract.apply(ctx(quiet_period=1.0))),
+        ("rollback contracted", rb),
+        ("contract", lambda: contract.apply(ctx(quiet_period=1.0))),
+    ]
+
+
+def run_lifecycle(spec: Spec, db: Database, log: list[dict[str, Any]]) -> None:
+    for name, fn in lifecycle_steps(spec, db):
+        t0 = time.monotonic()
+        for attempt in range(60):
+            try:
+                fn()
+                break
+            except Exception as exc:
+                if "free of direct writes" not in str(exc) or attempt == 59:
+                    raise
+                time.sleep(1.0)
+        log.append({"step": name, "seconds": round(time.monotonic() - t0, 3)})
+
+
+LEDGER_CHECK = """
+WITH last AS (
+    SELECT DISTINCT ON (pid) pid, op, name, ptype FROM bench_ledger ORDER BY pid, seq DESC
+)
+SELECT count(*) FILTER (WHERE l.op <> 'd' AND p.id IS NULL) AS lost,
+       count(*) FILTER (WHERE l.op <> 'd' AND p.id IS NOT NULL AND (p.name, p.project_type)
+                                  IS DISTINCT FROM (l.name, l.ptype)) AS differ,
+       count(*) FILTER (WHERE l.op = 'd' AND p.id IS NOT NULL) AS zombies,
+       count(*) AS ids
+  FROM last AS l LEFT JOIN projects AS p ON p.id = l.pid
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dsn", default="postgresql://root@127.0.0.1/test")
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--rate", type=float, default=200.0, help="pgbench -R: transactions per second")
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--baseline-seconds", type=int, default=30)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    pgbench = find_pgbench()
+    spec = load_spec()
+    with scratch_database(args.dsn, "bench_zd") as dsn, tempfile.TemporaryDirectory() as tmp:
+        logdir = Path(tmp)
+        script = logdir / "app.sql"
+        script.write_text(SCRIPT)
+        with psycopg.connect(dsn) as conn:
+            seed(conn, args.rows, dirty_ratio=0.0, random_seed=1)
+        db = Database(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE bench_ledger (seq bigserial PRIMARY KEY, pid bigint NOT NULL, op text NOT NULL,"
+                " name text, ptype text)"
+            )
+            run_actions(conn, [state.schema_action(spec)])  # flag_state() exists before the migration starts
+            maxid = int(conn.execute("SELECT max(id) FROM core_project").fetchone()[0])  # type: ignore[index]
+
+        # (a) baseline
+        t_end = time.monotonic() + args.baseline_seconds
+        with LockWaitSampler(dsn) as sampler_a:
+            base = run_load(
+                pgbench,
+                dsn,
+                script,
+                logdir,
+                "a",
+                lambda: time.monotonic() >= t_end,
+                rate=args.rate,
+                clients=args.clients,
+                maxid=maxid,
+            )
+        lat_a = latencies(logdir, "a_")
+
+        # (b) the whole lifecycle under the same load
+        steps: list[dict[str, Any]] = []
+        errors: list[BaseException] = []
+        finished = threading.Event()
+
+        def migrate() -> None:
+            try:
+                run_lifecycle(spec, db, steps)
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                finished.set()
+
+        t0 = time.monotonic()
+        worker = threading.Thread(target=migrate)
+        with LockWaitSampler(dsn) as sampler_b:
+            worker.start()
+            mig = run_load(
+                pgbench, dsn, script, logdir, "b", finished.is_set, rate=args.rate, clients=args.clients, maxid=maxid
+            )
+        worker.join()
+        duration_b = time.monotonic() - t0
+        lat_b = latencies(logdir, "b_")
+        with psycopg.connect(dsn) as conn:
+            lost, differ, zombies, ids = conn.execute(LEDGER_CHECK).fetchone()  # type: ignore[misc]
+            final_state = state.read(conn, spec).state
+        db.dispose()
+
+    result = {
+        "rows": args.rows,
+        "rate": args.rate,
+        "clients": args.clients,
+        "baseline": {
+            "transactions": base["processed"],
+            "failed": base["failed"],
+            "aborted": len(base["aborted"]),
+            "p50_ms": round(pct(lat_a, 50), 2),
+            "p99_ms": round(pct(lat_a, 99), 2),
+            "max_ms": round(max(lat_a, default=0), 2),
+            "longest_lock_wait_ms": round(sampler_a.longest * 1000, 1),
+        },
+        "migration": {
+            "transactions": mig["processed"],
+            "failed": mig["failed"],
+            "aborted": len(mig["aborted"]),
+            "p50_ms": round(pct(lat_b, 50), 2),
+            "p99_ms": round(pct(lat_b, 99), 2),
+            "max_ms": round(max(lat_b, default=0), 2),
+            "seconds": round(duration_b, 1),
+            "longest_lock_wait_ms": round(sampler_b.longest * 1000, 1),
+            "steps": steps,
+            "final_state": final_state,
+            "error": str(errors[0]) if errors else None,
+        },
+        "p99_ratio": round(pct(lat_b, 99) / max(pct(lat_a, 99), 1e-9), 2),
+        "ledger": {"ids_written": ids, "lost": lost, "differ": differ, "zombies": zombies},
+        "lock_timeout_ms": LOCK_TIMEOUT_S * 1000,
+        "aborted_examples": (base["aborted"] + mig["aborted"])[:3],
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        a, b = result["baseline"], result["migration"]
+        print(f"rows {args.rows:,}, pgbench -R {args.rate:g} -c {args.clients}")
+        print(
+            f"(a) baseline : {a['transactions']} tx, failed {a['failed']}, aborted clients {a['aborted']}, "
+            f"p50 {a['p50_ms']} ms, p99 {a['p99_ms']} ms, max {a['max_ms']} ms"
+        )
+        print(
+            f"(b) lifecycle: {b['transactions']} tx in {b['seconds']} s, failed {b['failed']}, aborted clients "
+            f"{b['aborted']}, p50 {b['p50_ms']} ms, p99 {b['p99_ms']} ms, max {b['max_ms']} ms, "
+            f"final state {b['final_state']}"
+        )
+        print(f"p99 ratio (b)/(a): {result['p99_ratio']} (goal <= 1.5)")
+        print(
+            f"longest lock wait seen by a pgbench statement: {b['longest_lock_wait_ms']} ms "
+            f"(goal < lock_timeout {result['lock_timeout_ms']:.0f} ms)"
+        )
+        led = result["ledger"]
+        print(
+            f"ledger check: {led['ids_written']} ids written, lost {led['lost']}, differ {led['differ']}, "
+            f"zombies {led['zombies']} (goal 0/0/0)"
+        )
+        if b["error"]:
+            print(f"lifecycle error: {b['error']}")
+        for ex in result["aborted_examples"]:
+            print(f"aborted: {ex}")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,9 @@ from migrator.spec import Spec, load_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# The same names as planning.PHASES (a test keeps them equal); listed here so `--help` stays fast.
+PHASE_NAMES = ("expand", "backfill", "validate", "switch-reads", "switch-writes", "contract")
+
 _verbose = False
 _secrets: list[str] = []
 
@@ -167,7 +170,7 @@ def seed(app: App, rows: int, dirty_ratio: float, random_seed: int) -> None:
 
 @cli.command()
 @click.argument(
-    "phase", required=False, type=click.Choice(["expand", "backfill", "switch-reads", "switch-writes", "contract"])
+    "phase", required=False, type=click.Choice(PHASE_NAMES)
 )
 @examples("migrator plan", "migrator plan expand > expand.sql", "migrator --spec payments.toml plan --json")
 @pass_app

@@ -9,6 +9,7 @@ import psycopg
 from psycopg import sql
 
 from migrator import names, triggers, views
+from migrator.db import Database
 from migrator.errors import GuardFailed
 from migrator.spec import Spec
 from migrator.sqlfiles import ident, render
@@ -28,14 +29,16 @@ def diff(conn: psycopg.Connection[Any], spec: Spec, limit: int = 1000) -> list[t
     return [(str(r[0]), str(r[1])) for r in rows]
 
 
-def require_in_sync(conn: psycopg.Connection[Any], spec: Spec, command: str) -> None:
-    """Refuse `command` unless every legacy row equals its split rows right now."""
-    bad = diff(conn, spec, limit=20)
-    if bad:
-        keys = ", ".join(f"{k} ({side.replace('_', ' ')})" for side, k in bad[:10])
+def require_in_sync(db: Database, spec: Spec, command: str) -> None:
+    """Refuse `command` unless every legacy row equals its split rows right now: the full chunked validation
+    (short REPEATABLE READ snapshots per key range, never one long snapshot on a big table)."""
+    from migrator.phases import validate
+
+    result = validate.run_validation(db, spec)
+    if not result.ok:
         raise GuardFailed(
-            f"`{command}` refused: legacy and split differ, e.g. {keys}",
-            hint="run `migrator validate` for the full report and fix the differences first",
+            f"`{command}` refused: {result.summary()}",
+            hint="run `migrator validate --report FILE` for every differing row, and fix them first",
         )
 
 

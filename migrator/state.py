@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -140,6 +140,28 @@ class Transition:
     start: State
     command: str
     started: float
+    db: Database | None = None
+    # Owns every session this transition opened (and their locks), closed when the transition ends.
+    sessions: ExitStack | None = field(default=None, repr=False)
+
+    def reconnect(self) -> None:
+        """Continue on a new session after the server dropped ours (a restart, a failover).
+
+        The advisory lock went with the old session, so another operator may have taken it, and even moved the
+        state, while we were away: take the lock again (LockHeld names who has it) and check the state is still
+        the one this transition started from before anything else runs.
+        """
+        if self.db is None or self.sessions is None:
+            raise RuntimeError("this Transition was not opened by state.transition(); it cannot reconnect")
+        conn = _locked_session(self.sessions, self.db, self.spec)
+        current = read(conn, self.spec)
+        if current.state != self.start.state:
+            raise WrongState(
+                f"the migration moved from {self.start.state} to {current.state} while `{self.command}` was "
+                "reconnecting",
+                hint="run `migrator status` to see where it is",
+            )
+        self.conn = conn
 
     def finish(
         self,
@@ -166,13 +188,20 @@ class Transition:
             )
 
 
+def _locked_session(sessions: ExitStack, db: Database, spec: Spec) -> psycopg.Connection[Any]:
+    conn = sessions.enter_context(db.connect(autocommit=True))
+    sessions.enter_context(advisory_lock(conn, *lock_parts(spec)))
+    return conn
+
+
 @contextmanager
 def transition(db: Database, spec: Spec, command: str, allowed: tuple[str, ...]) -> Iterator[Transition]:
     """Hold the advisory lock, check the starting state, hand the caller a Transition to finish()."""
-    with db.connect(autocommit=True) as conn, advisory_lock(conn, *lock_parts(spec)):
+    with ExitStack() as sessions:
+        conn = _locked_session(sessions, db, spec)
         current = read(conn, spec)
         require(current, allowed, command)
-        yield Transition(spec, conn, current, command, time.monotonic())
+        yield Transition(spec, conn, current, command, time.monotonic(), db, sessions)
 
 
 def set_flags(conn: psycopg.Connection[Any], spec: Spec, **flags: Any) -> None:

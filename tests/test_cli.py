@@ -75,6 +75,15 @@ def test_plan_json(run_cli: Any) -> None:
 
 
 @pytest.mark.unit
+def test_plan_accepts_every_phase() -> None:
+    """`migrator plan PHASE` offers exactly the phases the planner knows, in order."""
+    from migrator import planning
+    from migrator.cli import PHASE_NAMES
+
+    assert tuple(planning.PHASES) == PHASE_NAMES
+
+
+@pytest.mark.unit
 def test_every_command_has_an_example_in_help() -> None:
     """`--help` of every command shows an Examples section."""
     for name, cmd in cli.commands.items():

@@ -56,8 +56,9 @@ def seeded(db: Database) -> Database:
 
 
 @pytest.mark.parametrize("target", ["dual_write", "backfilled", "validated", "read_new", "write_new", "contracted"])
-def test_advance_rollback_advance_under_a_writer(seeded: Database, projects_spec: Spec, database_url: str,
-                                                 target: str) -> None:
+def test_advance_rollback_advance_under_a_writer(
+    seeded: Database, projects_spec: Spec, database_url: str, target: str
+) -> None:
     """For each state: advance to it, check legacy and split agree, roll back one state, agree again, advance
     again — with a live writer throughout, which must see 0 failed transactions."""
     writer = Writer(database_url, projects_spec, rate=150)
@@ -80,16 +81,19 @@ def test_advance_rollback_advance_under_a_writer(seeded: Database, projects_spec
         assert _in_sync(seeded, projects_spec) == []
 
 
-def test_contracted_rollback_then_readvance_validates_clean(seeded: Database, projects_spec: Spec,
-                                                            database_url: str, conn: Any) -> None:
+def test_contracted_rollback_then_readvance_validates_clean(
+    seeded: Database, projects_spec: Spec, database_url: str, conn: Any
+) -> None:
     """Rollback from contracted (reverse backfill) then re-advance ends with validation clean, and writes made
     through the split tables while contracted are in the restored legacy table."""
     _advance(seeded, projects_spec, "contracted")
     conn.execute("UPDATE projects SET name = 'written while contracted' WHERE id = 42")
     conn.execute("DELETE FROM projects WHERE id = 43")
-    new_id = conn.execute("INSERT INTO core_project (name, project_type, owner_id, goal_description, "
-                          "study_frequency) VALUES ('via compat view', 'self_study', 1, 'g', 'daily') "
-                          "RETURNING id").fetchone()[0]
+    new_id = conn.execute(
+        "INSERT INTO core_project (name, project_type, owner_id, goal_description, "
+        "study_frequency) VALUES ('via compat view', 'self_study', 1, 'g', 'daily') "
+        "RETURNING id"
+    ).fetchone()[0]
     lifecycle.rollback(_ctx(seeded, projects_spec))
     assert _state(seeded, projects_spec) == "write_new"
     legacy = dict(conn.execute("SELECT id, name FROM core_project WHERE id IN (42, 43, %s)", [new_id]).fetchall())
@@ -110,38 +114,51 @@ def test_compat_view_keeps_legacy_shaped_sql_working(seeded: Database, projects_
     ).fetchone()[0]
     row = conn.execute("SELECT name, course_code, syllabus, is_draft FROM core_project WHERE id = %s", [pid]).fetchone()
     assert row == ("legacy-shaped", "MA-1", {"weeks": 3}, True)
-    conn.execute("UPDATE core_project SET project_type = 'self_study', goal_description = 'g', "
-                 "study_frequency = 'weekly', syllabus = NULL WHERE id = %s", [pid])
+    conn.execute(
+        "UPDATE core_project SET project_type = 'self_study', goal_description = 'g', "
+        "study_frequency = 'weekly', syllabus = NULL WHERE id = %s",
+        [pid],
+    )
     assert conn.execute("SELECT count(*) FROM school_projects WHERE project_id = %s", [pid]).fetchone()[0] == 0
-    assert conn.execute("SELECT study_frequency FROM self_study_projects WHERE project_id = %s",
-                        [pid]).fetchone()[0] == "weekly"
+    assert (
+        conn.execute("SELECT study_frequency FROM self_study_projects WHERE project_id = %s", [pid]).fetchone()[0]
+        == "weekly"
+    )
     assert conn.execute("SELECT count(*) FROM project_meta WHERE project_id = %s", [pid]).fetchone()[0] == 0
     conn.execute("DELETE FROM core_project WHERE id = %s", [pid])
     assert conn.execute("SELECT count(*) FROM projects WHERE id = %s", [pid]).fetchone()[0] == 0
-    fk = conn.execute("SELECT confrelid::regclass::text FROM pg_constraint WHERE conname = "
-                      "'core_importantdate_project_id_split_fkey'").fetchone()[0]
+    fk = conn.execute(
+        "SELECT confrelid::regclass::text FROM pg_constraint WHERE conname = 'core_importantdate_project_id_split_fkey'"
+    ).fetchone()[0]
     assert fk == "projects"
 
 
 def test_ids_come_from_one_sequence_on_both_sides(seeded: Database, projects_spec: Spec, conn: Any) -> None:
     """In write_new, inserts through legacy and through split draw from the one legacy sequence: no id reused."""
     _advance(seeded, projects_spec, "write_new")
-    a = conn.execute("INSERT INTO core_project (name, project_type, owner_id, goal_description, study_frequency) "
-                     "VALUES ('legacy side', 'self_study', 1, 'g', 'daily') RETURNING id").fetchone()[0]
+    a = conn.execute(
+        "INSERT INTO core_project (name, project_type, owner_id, goal_description, study_frequency) "
+        "VALUES ('legacy side', 'self_study', 1, 'g', 'daily') RETURNING id"
+    ).fetchone()[0]
     with conn.transaction():
-        b = conn.execute("INSERT INTO projects (name, project_type, owner_id, is_draft, created_at, updated_at) "
-                         "VALUES ('split side', 'self_study', 1, false, now(), now()) RETURNING id").fetchone()[0]
+        b = conn.execute(
+            "INSERT INTO projects (name, project_type, owner_id, is_draft, created_at, updated_at) "
+            "VALUES ('split side', 'self_study', 1, false, now(), now()) RETURNING id"
+        ).fetchone()[0]
         conn.execute("INSERT INTO self_study_projects VALUES (%s, 'g', 'daily')", [b])
     assert b > a
     lifecycle.rollback(_ctx(seeded, projects_spec))  # write_new -> read_new
-    c = conn.execute("INSERT INTO core_project (name, project_type, owner_id, goal_description, study_frequency) "
-                     "VALUES ('after rollback', 'self_study', 1, 'g', 'daily') RETURNING id").fetchone()[0]
+    c = conn.execute(
+        "INSERT INTO core_project (name, project_type, owner_id, goal_description, study_frequency) "
+        "VALUES ('after rollback', 'self_study', 1, 'g', 'daily') RETURNING id"
+    ).fetchone()[0]
     assert c > b
     assert _in_sync(seeded, projects_spec) == []
 
 
-def test_contract_refuses_while_legacy_is_written(seeded: Database, projects_spec: Spec, conn: Any,
-                                                  run_cli: Any, database_url: str) -> None:
+def test_contract_refuses_while_legacy_is_written(
+    seeded: Database, projects_spec: Spec, conn: Any, run_cli: Any, database_url: str
+) -> None:
     """contract exits 1 while statements still write the legacy table directly within the quiet period."""
     _advance(seeded, projects_spec, "write_new")
     conn.execute("UPDATE core_project SET name = 'old instance' WHERE id = 5")
@@ -151,17 +168,19 @@ def test_contract_refuses_while_legacy_is_written(seeded: Database, projects_spe
     assert _state(seeded, projects_spec) == "write_new"
 
 
-def test_multi_statement_split_transaction_reaches_legacy(seeded: Database, projects_spec: Spec,
-                                                          conn: Any) -> None:
+def test_multi_statement_split_transaction_reaches_legacy(seeded: Database, projects_spec: Spec, conn: Any) -> None:
     """A transaction that inserts the base row, then the child, then meta, leaves one complete legacy row."""
     _advance(seeded, projects_spec, "write_new")
     with conn.transaction():
-        pid = conn.execute("INSERT INTO projects (name, project_type, owner_id, is_draft, created_at, updated_at) "
-                           "VALUES ('multi', 'school', 1, true, now(), now()) RETURNING id").fetchone()[0]
+        pid = conn.execute(
+            "INSERT INTO projects (name, project_type, owner_id, is_draft, created_at, updated_at) "
+            "VALUES ('multi', 'school', 1, true, now(), now()) RETURNING id"
+        ).fetchone()[0]
         conn.execute("INSERT INTO school_projects VALUES (%s, 'c', 'c', 't')", [pid])
         conn.execute("INSERT INTO project_meta (project_id, key, value) VALUES (%s, 'syllabus', '[1, 2]')", [pid])
-    row = conn.execute("SELECT name, course_name, teacher_name, syllabus FROM core_project WHERE id = %s",
-                       [pid]).fetchone()
+    row = conn.execute(
+        "SELECT name, course_name, teacher_name, syllabus FROM core_project WHERE id = %s", [pid]
+    ).fetchone()
     assert row == ("multi", "c", "t", [1, 2])
     conn.execute("UPDATE project_meta SET value = '[3]' WHERE project_id = %s", [pid])
     conn.execute("DELETE FROM school_projects WHERE project_id = %s", [pid])

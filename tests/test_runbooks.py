@@ -20,8 +20,9 @@ pytestmark = pytest.mark.db
 
 
 @pytest.mark.parametrize("page", list(state.STATES))
-def test_runbook_commands_run_in_their_state(page: str, db: Database, projects_spec: Spec, database_url: str,
-                                             migrator_exe: str, tmp_path: Path) -> None:
+def test_runbook_commands_run_in_their_state(
+    page: str, db: Database, projects_spec: Spec, database_url: str, migrator_exe: str, tmp_path: Path
+) -> None:
     """Each fenced console command of runbooks/<state>.md exits 0 on a database in that state."""
     text = runbooks.page(page)
     commands = runbooks.commands(text)
@@ -34,8 +35,9 @@ def test_runbook_commands_run_in_their_state(page: str, db: Database, projects_s
     for command in commands:
         argv = shlex.split(command)
         assert argv[0] == "migrator", f"runbook command is not a migrator command: {command}"
-        proc = subprocess.run([migrator_exe, *argv[1:]], capture_output=True, text=True, env=env, cwd=tmp_path,
-                              timeout=120, check=False)
+        proc = subprocess.run(
+            [migrator_exe, *argv[1:]], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False
+        )
         assert proc.returncode == 0, f"runbooks/{page}.md: `{command}` exited {proc.returncode}: {proc.stderr}"
 
 

@@ -15,19 +15,20 @@ The rules it keeps (DESIGN.md §Races):
 from __future__ import annotations
 
 import os
+import random
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 
 from migrator import names, retry, state, triggers
 from migrator.db import Database, scalar
-from migrator.errors import GuardFailed
+from migrator.errors import GuardFailed, OperationalError
 from migrator.phases.base import Action, Context, Report, object_name
 from migrator.spec import ColumnSpec, Spec
 from migrator.sqlfiles import ident, join, literal, raw, render
@@ -41,6 +42,13 @@ LEASE_SECONDS = 30.0
 MIN_CHUNK = 10
 MAX_CHUNK = 50_000
 INITIAL_CHUNK = 500
+# How long one outage (a server restart, a failover) may last before the backfill gives up on it. A window of time,
+# not a number of attempts: with jittered backoff, ten attempts can be spent in well under a second.
+RECONNECT_WINDOW = 60.0
+RECONNECT_MAX_WAIT = 2.0
+KEEPALIVE_SECONDS = 1.0
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -305,6 +313,52 @@ def legacy_estimate(conn: psycopg.Connection[Any], spec: Spec) -> int:
     return int(scalar(conn, sql.SQL("SELECT count(*) FROM {}").format(names.source(spec))) or 0)
 
 
+# -- surviving a server restart ------------------------------------------------------------------------------
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """The session is gone (server restart, failover, terminated backend), or a new one is refused while the server
+    is down or starting up. Db.raw_connect reports a refused connection as migrator's own OperationalError and
+    keeps the driver's error only as its context, so that is where we look."""
+    if retry.is_connection_loss(exc):
+        return True
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(exc, OperationalError) and cause is not None and retry.is_connection_loss(cause)
+
+
+def _lost_message(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"connection lost ({text[0] if text else type(exc).__name__})"
+
+
+def survive_connection_loss(
+    fn: Callable[[], T], on_lost: Callable[[BaseException], None], *, progress: Callable[[], int] | None = None
+) -> T:
+    """Run fn until it returns, running it again after a lost connection, for up to RECONNECT_WINDOW seconds per
+    outage. An outage ends when fn made progress (progress() moved) since it began: a long backfill may live
+    through several restarts, but a server that never comes back stops it."""
+    began: float | None = None
+    seen = progress() if progress else 0
+    wait = 0.05
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if not connection_lost(exc):
+                raise
+            now = time.monotonic()
+            if progress is not None and progress() != seen:
+                seen, began, wait = progress(), None, 0.05
+            if began is None:
+                began = now
+                on_lost(exc)  # once per outage: its retries would only repeat it
+            elif now - began > RECONNECT_WINDOW:
+                raise
+        # Jittered, so the workers of one or several hosts don't reconnect in step.
+        time.sleep(random.uniform(wait / 2, wait))  # noqa: S311 — jitter, not a secret
+        wait = min(RECONNECT_MAX_WAIT, wait * 2)
+
+
 # -- workers ------------------------------------------------------------------------------------------------
 
 
@@ -364,13 +418,22 @@ class Worker:
 
     def run(self) -> None:
         try:
-            for attempt in retry.retrying(attempts=10, max_wait=5.0, predicate=retry.is_connection_loss):
-                with attempt, self.db.connect(autocommit=True) as conn:
-                    self._loop(conn)
+            # A lost connection loses at most the chunk in flight: its rows and its checkpoint commit together, so
+            # a chunk whose commit never happened (or whose outcome we never heard) is claimed again from the
+            # committed cursor and redone (ON CONFLICT DO NOTHING), and rows_done never counts it twice.
+            survive_connection_loss(
+                self._connect_and_loop,
+                lambda exc: self.shared.on_step(f"worker {self.id}: {_lost_message(exc)}; reconnecting"),
+                progress=lambda: self.copied,
+            )
         except BaseException as exc:
             with self.shared.lock:
                 self.shared.errors.append(exc)
             self.shared.stop.set()
+
+    def _connect_and_loop(self) -> None:
+        with self.db.connect(autocommit=True) as conn:
+            self._loop(conn)
 
     def _loop(self, conn: psycopg.Connection[Any]) -> None:
         while not self.shared.stop.is_set():
@@ -537,7 +600,10 @@ class Worker:
             time.sleep(min(due, 5.0))
 
 
-def run_workers(db: Database, spec: Spec, opts: Options, shared: Shared) -> None:
+def run_workers(
+    db: Database, spec: Spec, opts: Options, shared: Shared, keepalive: Callable[[], object] | None = None
+) -> None:
+    """Run the workers to the end; `keepalive` is called about once a second meanwhile (the coordinator's)."""
     threads = [
         threading.Thread(target=Worker(db, spec, opts, i, shared).run, name=f"backfill-{i}", daemon=True)
         for i in range(max(1, opts.workers))
@@ -545,10 +611,14 @@ def run_workers(db: Database, spec: Spec, opts: Options, shared: Shared) -> None
     for t in threads:
         t.start()
     try:
+        last = time.monotonic()
         for t in threads:
             while t.is_alive():
                 t.join(0.2)
-    except KeyboardInterrupt:
+                if keepalive is not None and time.monotonic() - last >= KEEPALIVE_SECONDS:
+                    keepalive()
+                    last = time.monotonic()
+    except BaseException:  # Ctrl-C, or the keepalive found the lock or the state gone: stop within one chunk
         shared.stop.set()
         for t in threads:
             t.join(10)
@@ -586,31 +656,54 @@ def apply(ctx: Context) -> None:
         _join(ctx)
         return
     with state.transition(db, spec, "backfill", ("dual_write",)) as tr:
-        ensure_ranges(tr.conn, spec, opts.workers)
-        done, ranges_done, ranges = progress_totals(tr.conn, spec)
-        total = max(legacy_estimate(tr.conn, spec), done)
+
+        def on_session(op: Callable[[psycopg.Connection[Any]], T]) -> T:
+            # The coordinator's session holds the advisory lock and sits idle while the workers copy; a server
+            # restart ends it (and frees the lock). Take a new session, the lock and the state check again, then
+            # redo the step: each step below is a read or one transaction, so redoing it is safe.
+            def step() -> T:
+                if tr.conn.closed:
+                    tr.reconnect()
+                return op(tr.conn)
+
+            return survive_connection_loss(
+                step, lambda exc: ctx.reporter.step(f"backfill: {_lost_message(exc)}; reconnecting")
+            )
+
+        def start(conn: psycopg.Connection[Any]) -> tuple[int, int, int, int]:
+            ensure_ranges(conn, spec, opts.workers)
+            done, ranges_done, ranges = progress_totals(conn, spec)
+            return done, ranges_done, ranges, max(legacy_estimate(conn, spec), done)
+
+        done, ranges_done, ranges, total = on_session(start)
         if done:
             ctx.reporter.step(f"resuming: {done:,} rows already copied, {ranges_done}/{ranges} ranges done")
         t0 = time.monotonic()
         shared = _shared(ctx, total, done)
         while True:
-            run_workers(db, spec, opts, shared)
-            _, ranges_done, ranges = progress_totals(tr.conn, spec)
+            # Touch the coordinator's session while the workers copy, so that after a restart it takes the lock
+            # back within a second or so, not only when the copy is over (meanwhile another operator could).
+            run_workers(db, spec, opts, shared, keepalive=lambda: on_session(lambda c: c.execute("SELECT 1")))
+            _, ranges_done, ranges = on_session(lambda c: progress_totals(c, spec))
             if ranges_done == ranges:
                 break
             # Ranges still held by workers on other hosts: wait, and take over any whose worker died.
             time.sleep(1.0)
-        report = verify(ctx, tr.conn)
+        report = on_session(lambda c: verify(ctx, c))
         if not report.ok:
             raise GuardFailed(
                 "backfill finished but " + "; ".join(report.failures),
                 hint="run `migrator backfill` again; `migrator status` shows the quarantine",
             )
         seconds = time.monotonic() - t0
-        tr.finish(
-            "backfilled",
-            reason=ctx.options.get("reason"),
-            details={"rows": shared.rows, "seconds": round(seconds, 3), "workers": opts.workers, **report.details},
+        # Should the connection drop during this very COMMIT, its outcome is unknown: the redo's reconnect then
+        # finds the state already moved and says so (WrongState) rather than recording the transition twice.
+        on_session(
+            lambda _c: tr.finish(
+                "backfilled",
+                reason=ctx.options.get("reason"),
+                details={"rows": shared.rows, "seconds": round(seconds, 3), "workers": opts.workers, **report.details},
+            )
         )
 
 

@@ -25,7 +25,7 @@ PG_MAX_IDENT_BYTES = 63
 # either order (forward sync: legacy then split; reverse sync: split then legacy). Waiting less than PostgreSQL's
 # deadlock_timeout (1 s by default) means we give up and retry before the deadlock detector could pick an
 # application transaction as its victim.
-MULTI_TABLE_LOCK_TIMEOUT = 0.5
+MULTI_TABLE_LOCK_TIMEOUT = 0.1
 
 # What psycopg can execute: a plain SQL fragment or a composition of them.
 Query = sql.SQL | sql.Composed
@@ -194,7 +194,8 @@ def run_actions(
                     conn.execute("RESET statement_timeout")
                 raise
 
-        retry.run_with_retry(attempt)
+        # Short lock timeouts need more tries: ~30 attempts with backoff wait up to a few minutes in all.
+        retry.run_with_retry(attempt, attempts=30, max_wait=10.0)
         if on_step:
             on_step(action, True)
 

@@ -172,7 +172,7 @@ def apply(ctx: Context) -> None:
     spec = ctx.spec
     quiet = float(ctx.options.get("quiet_period", DEFAULT_QUIET_PERIOD))
     with state.transition(ctx.require_db(), spec, "contract", ("write_new",)) as tr:
-        guards.require_in_sync(tr.conn, spec, "contract")
+        guards.require_in_sync(ctx.require_db(), spec, "contract")
         open_q = guards.open_quarantine(tr.conn, spec)
         if open_q:
             raise GuardFailed(
@@ -305,25 +305,9 @@ def reverse_backfill(ctx: Context, conn: psycopg.Connection[Any]) -> ReverseResu
     t0 = time.monotonic()
     sizer = ChunkSizer(0.1)
     cursor: str | None = None
-    # Pass 1, over legacy keys: lock each legacy row first (a concurrent reverse trigger then waits for us and
-    # applies its newer change on top), and only then read the split side, in a later statement and snapshot.
-    while True:
-        lower = sql.SQL("l.{} > %(lo)s::{}").format(pk, pk_type) if cursor is not None else raw("TRUE")
-        lock = render("reverse_lock", legacy=names.source(spec), pk=pk, lower=lower)
-        size = sizer.next()
-        c0 = time.monotonic()
-        with conn.transaction():
-            _chunk_settings(conn)
-            keys = [r[0] for r in conn.execute(lock, {"lo": cursor, "limit": size}).fetchall()]
-            if keys:
-                result.updated += conn.execute(update, {"keys": keys}).rowcount
-                result.deleted += conn.execute(delete, {"keys": keys, "migration": spec.migration_name}).rowcount
-        sizer.observe(len(keys), time.monotonic() - c0)
-        ctx.reporter.progress(result.updated + result.deleted, None, phase="reverse backfill: update")
-        if len(keys) < size:
-            break
-        cursor = keys[-1]
-    # Pass 2, over base keys: rows created after contract have no legacy row yet.
+    # Pass 1, over base keys: rows created after contract get a legacy row. A split write racing this pass may
+    # find no legacy row yet (its trigger then changes nothing) or see ours inserted from an older snapshot;
+    # pass 2 locks and refreshes every legacy row afterwards, so neither can survive.
     cursor = None
     while True:
         lower = sql.SQL("s.{} > %(lo)s::{}").format(pk, pk_type) if cursor is not None else raw("TRUE")
@@ -348,6 +332,26 @@ def reverse_backfill(ctx: Context, conn: psycopg.Connection[Any]) -> ReverseResu
         if n < size:
             break
         cursor = last
+    # Pass 2, over legacy keys: lock each legacy row first (a concurrent reverse trigger then waits for us and
+    # applies its newer change on top), and only then read the split side, in a later statement and snapshot;
+    # legacy rows whose key left the split side (deleted after contract) are removed.
+    cursor = None
+    while True:
+        lower = sql.SQL("l.{} > %(lo)s::{}").format(pk, pk_type) if cursor is not None else raw("TRUE")
+        lock = render("reverse_lock", legacy=names.source(spec), pk=pk, lower=lower)
+        size = sizer.next()
+        c0 = time.monotonic()
+        with conn.transaction():
+            _chunk_settings(conn)
+            keys = [r[0] for r in conn.execute(lock, {"lo": cursor, "limit": size}).fetchall()]
+            if keys:
+                result.updated += conn.execute(update, {"keys": keys}).rowcount
+                result.deleted += conn.execute(delete, {"keys": keys, "migration": spec.migration_name}).rowcount
+        sizer.observe(len(keys), time.monotonic() - c0)
+        ctx.reporter.progress(result.updated + result.deleted, None, phase="reverse backfill: update")
+        if len(keys) < size:
+            break
+        cursor = keys[-1]
     result.seconds = time.monotonic() - t0
     return result
 
@@ -367,7 +371,7 @@ def rollback(ctx: Context) -> None:
             f"{result.deleted:,} removed in {result.seconds:.1f} s"
         )
         run_actions(tr.conn, _repoint_back(spec, tr.conn), on_step=announce(ctx), lock_timeout=ctx.lock_timeout)
-        guards.require_in_sync(tr.conn, spec, "rollback")
+        guards.require_in_sync(ctx.require_db(), spec, "rollback")
         with tr.conn.transaction():
             guards.mark_legacy_writes(tr.conn, spec)
         tr.finish(

@@ -47,7 +47,7 @@ def apply(ctx: Context) -> None:
                 f"reads are at {tr.start.read_percent}%; --percent {p} would lower them",
                 hint="use `migrator rollback` to send reads back to legacy",
             )
-        guards.require_in_sync(tr.conn, ctx.spec, "switch-reads")
+        guards.require_in_sync(ctx.require_db(), ctx.spec, "switch-reads")
         tr.finish("read_new", reason=ctx.options.get("reason"), details={"read_percent": p}, flags={"read_percent": p})
 
 

@@ -22,7 +22,7 @@ def plan(ctx: Context) -> list[Action]:
 def apply(ctx: Context) -> None:
     """Guard: legacy equals split right before. Then reverse sync on, then the flag."""
     with state.transition(ctx.require_db(), ctx.spec, "switch-writes", ("read_new",)) as tr:
-        guards.require_in_sync(tr.conn, ctx.spec, "switch-writes")
+        guards.require_in_sync(ctx.require_db(), ctx.spec, "switch-writes")
         run_actions(tr.conn, plan(ctx), on_step=announce(ctx), lock_timeout=ctx.lock_timeout)
         with tr.conn.transaction():
             guards.mark_legacy_writes(tr.conn, ctx.spec)  # the quiet period starts now
@@ -51,6 +51,6 @@ def rollback(ctx: Context) -> None:
     `contract`) removes them.
     """
     with state.transition(ctx.require_db(), ctx.spec, "rollback", ("write_new",)) as tr:
-        guards.require_in_sync(tr.conn, ctx.spec, "rollback")
+        guards.require_in_sync(ctx.require_db(), ctx.spec, "rollback")
         ctx.reporter.step("reverse sync stays on until the next rollback, for instances still writing split")
         tr.finish("read_new", reason=ctx.options.get("reason"))

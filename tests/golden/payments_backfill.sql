@@ -2,7 +2,7 @@
 
 -- plan key ranges (once): upper bound, row count, boundaries for parallel workers
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '0ms';
 SELECT (SELECT l."payment_uuid" FROM "billing"."legacy_payments" AS l ORDER BY l."payment_uuid" DESC LIMIT 1)::text,
        (SELECT (percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY l."payment_uuid"))::text[] FROM "billing"."legacy_payments" AS l);

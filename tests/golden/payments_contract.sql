@@ -2,7 +2,7 @@
 
 -- in one transaction: stop both syncs, archive legacy_payments as legacy_payments_archived
 BEGIN;
-SET LOCAL lock_timeout = '500ms';
+SET LOCAL lock_timeout = '100ms';
 SET LOCAL statement_timeout = '60000ms';
 DROP TRIGGER IF EXISTS "migrator_payments_split_forward" ON "billing"."legacy_payments";
 DROP TRIGGER IF EXISTS "migrator_payments_split_forward_truncate" ON "billing"."legacy_payments";

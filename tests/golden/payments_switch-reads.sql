@@ -2,7 +2,7 @@
 
 -- set the read flag (applications listening on migrator_flags pick it up at once)
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 UPDATE "migrator_pay"."state" SET read_percent = 100, updated_at = now() WHERE migration = 'payments_split';
 COMMIT;

@@ -2,7 +2,7 @@
 
 -- plan key ranges (once): upper bound, row count, boundaries for parallel workers
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '0ms';
 SELECT (SELECT l."id" FROM "public"."core_project" AS l ORDER BY l."id" DESC LIMIT 1)::text,
        (SELECT (percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY l."id"))::text[] FROM "public"."core_project" AS l);

@@ -2,21 +2,21 @@
 
 -- re-point public.core_importantdate.project_id: add core_importantdate_project_id_split_fkey NOT VALID
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 ALTER TABLE "public"."core_importantdate" ADD CONSTRAINT "core_importantdate_project_id_split_fkey" FOREIGN KEY ("project_id") REFERENCES "public"."projects" ("id") ON DELETE NO ACTION NOT VALID;
 COMMIT;
 
 -- validate core_importantdate_project_id_split_fkey
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '0ms';
 ALTER TABLE "public"."core_importantdate" VALIDATE CONSTRAINT "core_importantdate_project_id_split_fkey";
 COMMIT;
 
 -- drop the old foreign key core_importantdate_project_id_fkey
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 -- squawk-ignore ban-drop-constraint
 ALTER TABLE "public"."core_importantdate" DROP CONSTRAINT IF EXISTS "core_importantdate_project_id_fkey";
@@ -24,21 +24,21 @@ COMMIT;
 
 -- re-point public.core_project_attachments.project_id: add core_project_attachments_project_id_split_fkey NOT VALID
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 ALTER TABLE "public"."core_project_attachments" ADD CONSTRAINT "core_project_attachments_project_id_split_fkey" FOREIGN KEY ("project_id") REFERENCES "public"."projects" ("id") ON DELETE NO ACTION NOT VALID;
 COMMIT;
 
 -- validate core_project_attachments_project_id_split_fkey
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '0ms';
 ALTER TABLE "public"."core_project_attachments" VALIDATE CONSTRAINT "core_project_attachments_project_id_split_fkey";
 COMMIT;
 
 -- drop the old foreign key core_project_attachments_project_id_fkey
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 -- squawk-ignore ban-drop-constraint
 ALTER TABLE "public"."core_project_attachments" DROP CONSTRAINT IF EXISTS "core_project_attachments_project_id_fkey";
@@ -46,7 +46,7 @@ COMMIT;
 
 -- in one transaction: stop both syncs, archive core_project as core_project_archived
 BEGIN;
-SET LOCAL lock_timeout = '500ms';
+SET LOCAL lock_timeout = '100ms';
 SET LOCAL statement_timeout = '60000ms';
 DROP TRIGGER IF EXISTS "migrator_core_project_split_forward" ON "public"."core_project";
 DROP TRIGGER IF EXISTS "migrator_core_project_split_forward_truncate" ON "public"."core_project";

@@ -2,7 +2,7 @@
 
 -- find the next chunk boundary (repeated: an index walk of chunk_rows keys)
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 -- The first key of the next chunk: an index-only walk of chunk_rows keys, a short statement of its own.
 SELECT l."id"::text
@@ -15,7 +15,7 @@ COMMIT;
 
 -- open quarantine keys per chunk (read once)
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 -- Open quarantine keys grouped by the chunk they fall in (width_bucket over the chunks' first keys), read once:
 -- a chunk then leaves them out with a hashed = ANY instead of probing the quarantine table row by row.
@@ -27,7 +27,7 @@ COMMIT;
 
 -- hash one chunk, legacy and split side in one statement (REPEATABLE READ, READ ONLY; repeated)
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '600000ms';
 -- One key range, both sides in one statement and so in one snapshot: the forward triggers change legacy and split
 -- rows in the same transaction, so whatever committed state this sees is in step on both sides.
@@ -53,7 +53,7 @@ COMMIT;
 
 -- where a chunk's hashes differ: its rows that differ, column by column
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 -- The rows of one key range (or key list) on which the two legacy-shaped SELECTs of views.py disagree, read in
 -- one statement, with a flag and both values (as text) per column. Open quarantine keys are left out: the
@@ -113,7 +113,7 @@ COMMIT;
 
 -- check legacy_missing (where a chunk's hashes differ): every legacy row has a base row or is in quarantine
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 -- Legacy rows with no base row that are not in quarantine either: a write the sync lost, or rows the backfill
 -- never reached.
@@ -128,7 +128,7 @@ COMMIT;
 
 -- check split_extra (where a chunk's hashes differ): no base row without a legacy row
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 -- Base rows whose legacy row is gone: a delete the sync missed. After switch-reads the application would show it.
 SELECT b."id"::text AS key, 'split_extra' AS check,
@@ -140,7 +140,7 @@ COMMIT;
 
 -- check required_fields (where a chunk's hashes differ): required columns of the base and variant tables hold a value
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 -- One branch per split table with required columns. The split tables declare them NOT NULL, but a constraint
 -- can be missing (a table created by hand, a constraint dropped to load data): the rows are what counts.
@@ -166,7 +166,7 @@ COMMIT;
 
 -- check variant_child (where a chunk's hashes differ): every base row has its child row in the table of its variant
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 -- One branch per variant: a base row of this variant needs its child row, or reads after switch-reads would
 -- lose the variant's columns.
@@ -189,7 +189,7 @@ COMMIT;
 
 -- check wrong_variant (where a chunk's hashes differ): no child row in the table of another variant
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 -- One branch per variant: a child row in a variant table its base row does not belong to (a type change whose
 -- old child survived). split_as_legacy would show columns the legacy row does not have.
@@ -214,7 +214,7 @@ COMMIT;
 
 -- check orphans (where a chunk's hashes differ): no variant or meta row without a base row
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 -- One branch per variant and meta table: rows whose base row is gone. The foreign keys expand validates forbid
 -- them, so finding one means a constraint was dropped or disabled (session_replication_role = replica).
@@ -243,7 +243,7 @@ COMMIT;
 
 -- check meta_values (where a chunk's hashes differ): each meta row holds the legacy value, and exists exactly when it is not NULL
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 -- One branch per meta column: the meta row must hold to_jsonb(legacy value), as the trigger writes it, and exist
 -- exactly when the legacy value is not NULL. Keys without a base row are legacy_missing's to report.
@@ -266,7 +266,7 @@ COMMIT;
 
 -- check meta_keys (where a chunk's hashes differ): no meta row under a key the spec does not list
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 -- Meta rows under a key the spec does not list: nothing syncs them, and the compat view would not show them.
 SELECT m."project_id"::text AS key, 'meta_keys' AS check,
@@ -278,7 +278,7 @@ COMMIT;
 
 -- check quarantine_clean (where a chunk's hashes differ): a quarantined key has no split rows
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 -- A quarantined key must have no split rows: the trigger removes them when it quarantines, so the split side
 -- never shows a stale version of a row the split schema rejects.
@@ -291,7 +291,7 @@ COMMIT;
 
 -- check references (every chunk): every referencing row points at a base row or a quarantined key (contract re-points these FKs)
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 -- One branch per [[references]] table. contract re-points their foreign keys at the base table, and that FK
 -- cannot be validated while a referencing row points at a key the base table lacks. Keys in quarantine are
@@ -324,7 +324,7 @@ COMMIT;
 
 -- quarantine summary
 BEGIN;
-SET LOCAL lock_timeout = '2000ms';
+SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 SELECT q.key, q.sqlstate, q.message, q.source, q.accepted_at IS NOT NULL AS accepted
   FROM "migrator"."quarantine" AS q

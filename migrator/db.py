@@ -24,7 +24,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import NullPool
 
-from migrator.errors import BadInputError, LockHeld, OperationalError
+from migrator.errors import BadInputError, ConnectionFailed, LockHeld
 
 APPLICATION_NAME = "migrator"
 # While a DDL statement waits for its lock, every application query on that table queues behind it; a short
@@ -126,7 +126,7 @@ class Database:
             fairy = self.engine.raw_connection()
         except (sa_exc.OperationalError, sa_exc.InterfaceError, psycopg.OperationalError) as exc:
             orig = getattr(exc, "orig", None) or exc
-            raise OperationalError(
+            raise ConnectionFailed(
                 f"cannot connect to {self.display}: {self.scrub(_first_line(str(orig)))}",
                 hint="check --dsn / DATABASE_URL and that the server is running",
             ) from None

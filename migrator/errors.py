@@ -51,5 +51,9 @@ class OperationalError(MigratorError):
     exit_code = 3
 
 
+class ConnectionFailed(OperationalError):
+    """The server could not be reached (the retry policies treat this as a lost connection)."""
+
+
 class TableDoesNotExist(OperationalError):
     """A table the spec names is not in the database."""

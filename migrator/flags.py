@@ -151,7 +151,7 @@ class FlagReader:
             age = now - current.loaded_at
             fresh = age <= self.max_age
             # While the listener is connected it reloads on NOTIFY and on max_age itself; a request never waits.
-            delegated = self._listener_ok and age <= self.max_age + 2 * POLL
+            delegated = self._listener_ok and age <= max(self.max_age, MIN_PERIOD) + 2 * POLL
             due = now >= self._retry_at
         if fresh or delegated or not due or self._stop.is_set():
             return current

@@ -13,6 +13,8 @@ import psycopg
 from sqlalchemy import exc as sa_exc
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from migrator.errors import ConnectionFailed
+
 T = TypeVar("T")
 
 LOCK_NOT_AVAILABLE = "55P03"
@@ -34,6 +36,8 @@ def sqlstate(exc: BaseException) -> str | None:
 
 
 def is_connection_loss(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionFailed):
+        return True
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
     orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc

@@ -149,7 +149,8 @@ class Transition:
 
         The advisory lock went with the old session, so another operator may have taken it, and even moved the
         state, while we were away: take the lock again (LockHeld names who has it) and check the state is still
-        the one this transition started from before anything else runs.
+        the one this transition started from before anything else runs. Only for a session that is gone
+        (`conn.closed`): a live one still holds the lock, and the new session would be refused by it.
         """
         if self.db is None or self.sessions is None:
             raise RuntimeError("this Transition was not opened by state.transition(); it cannot reconnect")

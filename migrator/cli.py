@@ -169,9 +169,7 @@ def seed(app: App, rows: int, dirty_ratio: float, random_seed: int) -> None:
 
 
 @cli.command()
-@click.argument(
-    "phase", required=False, type=click.Choice(PHASE_NAMES)
-)
+@click.argument("phase", required=False, type=click.Choice(PHASE_NAMES))
 @examples("migrator plan", "migrator plan expand > expand.sql", "migrator --spec payments.toml plan --json")
 @pass_app
 def plan(app: App, phase: str | None) -> None:

@@ -6,6 +6,8 @@ quoted identifiers inside the plpgsql too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from psycopg import sql
 
 from migrator import names
@@ -44,6 +46,7 @@ def _upsert(
     key_values: list[sql.Composable],
     cols: list[str],
     values: list[sql.Composable],
+    returning: sql.Composable | None = None,
 ) -> sql.Composed:
     """INSERT … ON CONFLICT (key) DO UPDATE, skipping the write when nothing changed (no dead tuple)."""
     all_cols = join([ident(c) for c in [*key_cols, *cols]])
@@ -59,6 +62,7 @@ def _upsert(
         target=target,
         excluded=excluded,
         current=current,
+        returning=sql.Composed([raw("\n        RETURNING "), returning]) if returning is not None else raw(""),
     )
 
 
@@ -131,6 +135,79 @@ def sync_function_sql(spec: Spec) -> sql.Composed:
     return plpgsql_function(function_name(spec, "sync"), body, returns="void", args=args)
 
 
+def _changed(values: Sequence[tuple[str, ColumnSpec | None]]) -> sql.Composed:
+    """Whether OLD and NEW differ in these columns (with the spec's on_missing defaults applied), compared as
+    binary images: any difference counts, and types without an equality operator (json) compare too."""
+
+    def image(row: str) -> sql.Composed:
+        vals = [_value(c, cs, row) if cs is not None else _new(c, row) for c, cs in values]
+        return sql.Composed([raw("ROW("), join(vals), raw(")::record")])
+
+    return sql.Composed([image("OLD"), raw(" *<> "), image("NEW")])
+
+
+def forward_update_fast_path(spec: Spec) -> dict[str, sql.Composable]:
+    """Slots of forward_trigger for an UPDATE that keeps the key and the discriminator: the base upsert (only
+    when its columns changed; sets v_inserted), then the current variant's child and each meta column, each
+    only when its columns changed."""
+    pk, link = spec.pk, spec.base.link_column
+    base_cols = list(spec.base.columns.items())
+    base_upsert = _upsert(
+        names.split(spec, spec.base.table),
+        [pk],
+        [_new(pk, "NEW")],
+        [c for c, _ in base_cols],
+        [_value(c, cs, "NEW") for c, cs in base_cols],
+        returning=raw("(xmax = 0) INTO v_inserted"),
+    )
+    changed: list[sql.Composable] = []
+    for v in spec.variants:
+        if not v.columns:
+            continue  # nothing to change: the child row came with the base row
+        changed.append(
+            render(
+                "forward_changed_variant",
+                disc=ident(spec.source.discriminator),
+                when=literal(v.when),
+                changed=_changed([(c, cs) for c, cs in v.columns.items()]),
+                upsert=_upsert(
+                    names.split(spec, v.table),
+                    [link],
+                    [_new(pk, "NEW")],
+                    list(v.columns),
+                    [_value(c, cs, "NEW") for c, cs in v.columns.items()],
+                ),
+            )
+        )
+    if spec.meta:
+        m = spec.meta
+        for col in m.columns:
+            changed.append(
+                render(
+                    "forward_changed_meta",
+                    changed=_changed([(col, None)]),
+                    sync=render(
+                        "forward_meta",
+                        col=ident(col),
+                        table=names.split(spec, m.table),
+                        link=ident(link),
+                        pk=ident(pk),
+                        key=ident(m.key_column),
+                        value=ident(m.value_column),
+                        name=literal(col),
+                        row=raw("NEW"),
+                        op=raw("TG_OP"),
+                    ),
+                )
+            )
+    return {
+        "disc": ident(spec.source.discriminator),
+        "base_changed": _changed(base_cols),
+        "base_upsert": base_upsert,
+        "changed": join(changed, "\n                    ") if changed else raw("NULL;"),
+    }
+
+
 def forward_actions(spec: Spec) -> list[Action]:
     """Create the sync and trigger functions, then attach both triggers in one short transaction."""
     fn = function_name(spec, "forward")
@@ -146,6 +223,7 @@ def forward_actions(spec: Spec) -> list[Action]:
             base=names.split(spec, spec.base.table),
             pk=ident(spec.pk),
             sync_function=function_name(spec, "sync"),
+            **forward_update_fast_path(spec),
             **common,
         ),
     )

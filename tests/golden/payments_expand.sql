@@ -289,6 +289,8 @@ CREATE OR REPLACE FUNCTION "migrator_pay"."payments_split_forward"() RETURNS tri
 #variable_conflict use_column
 DECLARE
     v_origin text := current_setting('migrator.origin', true);
+    v_full boolean := true;
+    v_inserted boolean;
 BEGIN
     -- Loop guard: the reverse trigger sets migrator.origin while it writes the legacy row for a split write.
     IF v_origin = 'split' THEN
@@ -308,8 +310,82 @@ BEGIN
         UPDATE "migrator_pay"."quarantine" SET resolved_at = now()
          WHERE migration = 'payments_split' AND key = OLD."payment_uuid"::text AND resolved_at IS NULL;
         PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
+    ELSIF TG_OP = 'UPDATE' AND OLD."method" IS NOT DISTINCT FROM NEW."method" THEN
+        -- Same key, same variant: write only the split rows whose columns changed. Any doubt (a quarantined
+        -- key, a base row not copied yet or still uncommitted, a rejection) falls back to the full sync below.
+        PERFORM set_config('migrator.origin', 'legacy', true);
+        BEGIN
+            UPDATE "migrator_pay"."quarantine" SET resolved_at = now()
+             WHERE migration = 'payments_split' AND key = NEW."payment_uuid"::text AND resolved_at IS NULL;
+            IF NOT FOUND THEN
+                IF ROW(OLD."method", OLD."amount", OLD."currency", OLD."paid_at")::record *<> ROW(NEW."method", NEW."amount", NEW."currency", NEW."paid_at")::record THEN
+                    -- Waits for a backfill chunk's uncommitted copy of this row, then overwrites it.
+                    INSERT INTO "billing_v2"."payments" AS t ("payment_uuid", "method", "amount", "currency", "paid_at") VALUES (NEW."payment_uuid", NEW."method", NEW."amount", NEW."currency", NEW."paid_at")
+        ON CONFLICT ("payment_uuid") DO UPDATE SET ("method", "amount", "currency", "paid_at") = ROW(EXCLUDED."method", EXCLUDED."amount", EXCLUDED."currency", EXCLUDED."paid_at")
+        WHERE (t."method", t."amount", t."currency", t."paid_at") IS DISTINCT FROM (EXCLUDED."method", EXCLUDED."amount", EXCLUDED."currency", EXCLUDED."paid_at")
+        RETURNING (xmax = 0) INTO v_inserted;
+                    -- Inserted: the row had never been copied, so its children and meta are missing too.
+                    v_full := coalesce(v_inserted, false);
+                ELSE
+                    -- A copy only a backfill chunk has (uncommitted) is invisible here: the full sync waits.
+                    PERFORM 1 FROM "billing_v2"."payments" WHERE "payment_uuid" = NEW."payment_uuid";
+                    v_full := NOT FOUND;
+                END IF;
+                IF NOT v_full THEN
+                    IF NEW."method" = 'card' AND ROW(OLD."card_last4", coalesce(OLD."card_brand", 'unknown'::text))::record *<> ROW(NEW."card_last4", coalesce(NEW."card_brand", 'unknown'::text))::record THEN
+                        INSERT INTO "billing_v2"."card_payments" AS t ("payment_uuid", "card_last4", "card_brand") VALUES (NEW."payment_uuid", NEW."card_last4", coalesce(NEW."card_brand", 'unknown'::text))
+        ON CONFLICT ("payment_uuid") DO UPDATE SET ("card_last4", "card_brand") = ROW(EXCLUDED."card_last4", EXCLUDED."card_brand")
+        WHERE (t."card_last4", t."card_brand") IS DISTINCT FROM (EXCLUDED."card_last4", EXCLUDED."card_brand");
+                    END IF;
+                    IF NEW."method" = 'bank_transfer' AND ROW(OLD."iban", OLD."bic")::record *<> ROW(NEW."iban", NEW."bic")::record THEN
+                        INSERT INTO "billing_v2"."bank_transfers" AS t ("payment_uuid", "iban", "bic") VALUES (NEW."payment_uuid", NEW."iban", NEW."bic")
+        ON CONFLICT ("payment_uuid") DO UPDATE SET ("iban", "bic") = ROW(EXCLUDED."iban", EXCLUDED."bic")
+        WHERE (t."iban", t."bic") IS DISTINCT FROM (EXCLUDED."iban", EXCLUDED."bic");
+                    END IF;
+                    IF ROW(OLD."gateway_response")::record *<> ROW(NEW."gateway_response")::record THEN
+                        IF NEW."gateway_response" IS NULL THEN
+            IF TG_OP <> 'INSERT' THEN
+                DELETE FROM "billing_v2"."payment_attributes" WHERE "payment_uuid" = NEW."payment_uuid" AND "name" = 'gateway_response';
+            END IF;
+        ELSE
+            INSERT INTO "billing_v2"."payment_attributes" AS t ("payment_uuid", "name", "data") VALUES (NEW."payment_uuid", 'gateway_response', to_jsonb(NEW."gateway_response"))
+            ON CONFLICT ("payment_uuid", "name") DO UPDATE SET "data" = EXCLUDED."data"
+            WHERE t."data" IS DISTINCT FROM EXCLUDED."data";
+        END IF;
+                    END IF;
+                    IF ROW(OLD."notes")::record *<> ROW(NEW."notes")::record THEN
+                        IF NEW."notes" IS NULL THEN
+            IF TG_OP <> 'INSERT' THEN
+                DELETE FROM "billing_v2"."payment_attributes" WHERE "payment_uuid" = NEW."payment_uuid" AND "name" = 'notes';
+            END IF;
+        ELSE
+            INSERT INTO "billing_v2"."payment_attributes" AS t ("payment_uuid", "name", "data") VALUES (NEW."payment_uuid", 'notes', to_jsonb(NEW."notes"))
+            ON CONFLICT ("payment_uuid", "name") DO UPDATE SET "data" = EXCLUDED."data"
+            WHERE t."data" IS DISTINCT FROM EXCLUDED."data";
+        END IF;
+                    END IF;
+                    IF ROW(OLD."retries")::record *<> ROW(NEW."retries")::record THEN
+                        IF NEW."retries" IS NULL THEN
+            IF TG_OP <> 'INSERT' THEN
+                DELETE FROM "billing_v2"."payment_attributes" WHERE "payment_uuid" = NEW."payment_uuid" AND "name" = 'retries';
+            END IF;
+        ELSE
+            INSERT INTO "billing_v2"."payment_attributes" AS t ("payment_uuid", "name", "data") VALUES (NEW."payment_uuid", 'retries', to_jsonb(NEW."retries"))
+            ON CONFLICT ("payment_uuid", "name") DO UPDATE SET "data" = EXCLUDED."data"
+            WHERE t."data" IS DISTINCT FROM EXCLUDED."data";
+        END IF;
+                    END IF;
+                END IF;
+            END IF;
+        EXCEPTION WHEN integrity_constraint_violation OR data_exception THEN
+            -- Undone; the full sync writes the row again and quarantines the rejection.
+            v_full := true;
+        END;
+        PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
     END IF;
-    PERFORM "migrator_pay"."payments_split_sync"(NEW, TG_OP, 'trigger');
+    IF v_full THEN
+        PERFORM "migrator_pay"."payments_split_sync"(NEW, TG_OP, 'trigger');
+    END IF;
     RETURN NULL;
 END
 $migrator$;

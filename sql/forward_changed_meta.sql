@@ -1,0 +1,3 @@
+IF {changed} THEN
+                        {sync}
+                    END IF;

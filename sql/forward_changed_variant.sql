@@ -1,0 +1,3 @@
+IF NEW.{disc} = {when} AND {changed} THEN
+                        {upsert}
+                    END IF;

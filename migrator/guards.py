@@ -34,7 +34,8 @@ def require_in_sync(db: Database, spec: Spec, command: str) -> None:
     (short REPEATABLE READ snapshots per key range, never one long snapshot on a big table)."""
     from migrator.phases import validate
 
-    result = validate.run_validation(db, spec)
+    # One worker: a guard runs while the application is live, and a second busy core is the application's.
+    result = validate.run_validation(db, spec, workers=1)
     if not result.ok:
         raise GuardFailed(
             f"`{command}` refused: {result.summary()}",

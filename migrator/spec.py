@@ -308,7 +308,7 @@ def _structure_problems(spec: Spec) -> Iterator[Problem]:  # noqa: PLR0912 — o
             yield Problem(
                 f"base.foreign_keys[{i}].column", f"{fk.column!r} is not a base column", "add it to [base.columns]"
             )
-    table_cols = _split_table_columns(spec)
+    table_cols = split_table_columns(spec)
     for i, ix in enumerate(spec.indexes):
         if ix.table not in table_cols:
             yield Problem(
@@ -322,7 +322,8 @@ def _structure_problems(spec: Spec) -> Iterator[Problem]:  # noqa: PLR0912 — o
                 yield Problem(f"indexes[{i}]", f"{ix.table} has no column {col!r}", "fix the column name")
 
 
-def _split_table_columns(spec: Spec) -> dict[str, set[str]]:
+def split_table_columns(spec: Spec) -> dict[str, set[str]]:
+    """Every split table's full column set, keys included."""
     out = {spec.base.table: {spec.pk, *spec.base.columns}}
     for v in spec.variants:
         out[v.table] = {spec.base.link_column, *v.columns}

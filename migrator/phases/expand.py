@@ -17,7 +17,7 @@ from migrator import names, state, triggers
 from migrator.db import scalar
 from migrator.errors import GuardFailed, OperationalError, TableDoesNotExist
 from migrator.phases.base import Action, Context, Report, announce, object_name, run_actions
-from migrator.spec import ColumnSpec, Spec
+from migrator.spec import ColumnSpec, Spec, split_table_columns
 from migrator.sqlfiles import as_text, ident, join, literal, load, raw, render
 
 name = "expand"
@@ -224,7 +224,7 @@ def preflight(conn: psycopg.Connection[Any], spec: Spec) -> None:
             f"{spec.source.table}'s primary key is {row[0] if row else 'missing'}, the spec says [{spec.pk}]",
             hint="set source.primary_key to the table's single-column primary key",
         )
-    expected = _split_table_columns(spec)
+    expected = split_table_columns(spec)
     for table, want in expected.items():
         have = dict(conn.execute(load("preflight_columns"), {"table": as_text(names.split(spec, table))}).fetchall())
         if have and set(have) != want:
@@ -232,16 +232,6 @@ def preflight(conn: psycopg.Connection[Any], spec: Spec) -> None:
                 f"table {spec.target_schema}.{table} already exists with other columns ({', '.join(have)})",
                 hint="rename or drop it, or choose another table name in the spec",
             )
-
-
-def _split_table_columns(spec: Spec) -> dict[str, set[str]]:
-    out = {spec.base.table: {spec.pk, *spec.base.columns}}
-    for v in spec.variants:
-        out[v.table] = {spec.base.link_column, *v.columns}
-    if spec.meta:
-        m = spec.meta
-        out[m.table] = {m.id_column, spec.base.link_column, m.key_column, m.value_column}
-    return out
 
 
 def plan(ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Action]:

@@ -59,5 +59,9 @@ def stop(data_dir: Path | None = None) -> bool:
     if not (path / "postmaster.pid").exists():
         return False
     mod = _module()
-    mod.pg_ctl(["-m", "fast", "-w", "stop"], pgdata=path)
+    # The wheel runs the server as an unprivileged user when we are root (pg_ctl refuses root), so stop it
+    # through a handle of its own: closing the last handle with cleanup_mode "stop" stops the server.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mod.get_server(path, cleanup_mode="stop").cleanup()
     return True

@@ -20,7 +20,7 @@ from migrator.phases import backfill, expand
 from migrator.phases.base import Context
 from migrator.seed import seed
 from migrator.spec import Spec
-from tests.helpers import count, diff, quarantined
+from tests.helpers import RandomWriters, count, diff, quarantined
 
 pytestmark = pytest.mark.db
 
@@ -371,58 +371,11 @@ def test_stress_writers_during_parallel_backfill(
 ) -> None:
     """Random inserts/updates/deletes/type changes by two writers while `backfill --workers 2` runs: afterwards
     every legacy row equals its split rows or is quarantined, and no split row lacks a legacy row."""
-    stop = threading.Event()
-    failures: list[BaseException] = []
-    ops = [0]
-
-    def writer(seed_: int) -> None:
-        rnd = random.Random(seed_)
-        try:
-            with psycopg.connect(database_url, autocommit=True, application_name="app") as a:
-                while not stop.is_set():
-                    pid = rnd.randint(1, 2100)
-                    kind = rnd.random()
-                    if kind < 0.2:
-                        a.execute(
-                            "INSERT INTO core_project (name, project_type, owner_id, course_name, course_code,"
-                            " teacher_name, syllabus) VALUES ('new', 'school', (SELECT min(id) FROM auth_user),"
-                            " 'c', 'c', %s, %s)",
-                            [None if rnd.random() < 0.1 else "t", '{"w": 1}' if rnd.random() < 0.5 else None],
-                        )
-                    elif kind < 0.5:
-                        a.execute(
-                            "UPDATE core_project SET name = md5(random()::text), syllabus = CASE WHEN "
-                            "random() < 0.5 THEN NULL ELSE '{\"x\": 2}'::jsonb END WHERE id = %s",
-                            [pid],
-                        )
-                    elif kind < 0.7:
-                        a.execute(
-                            "UPDATE core_project SET project_type = CASE project_type WHEN 'school' THEN "
-                            "'self_study' ELSE 'school' END, goal_description = coalesce(goal_description, 'g'),"
-                            " study_frequency = coalesce(study_frequency, 'weekly'), course_name = "
-                            "coalesce(course_name, 'c'), course_code = coalesce(course_code, 'c'), "
-                            "teacher_name = coalesce(teacher_name, 't') WHERE id = %s",
-                            [pid],
-                        )
-                    elif kind < 0.85:
-                        with a.transaction():
-                            a.execute("UPDATE core_project SET is_draft = NOT is_draft WHERE id = %s", [pid])
-                            a.execute("UPDATE core_project SET end_date = current_date WHERE id = %s", [pid + 1])
-                    else:
-                        a.execute("DELETE FROM core_project WHERE id = %s", [pid])
-                    ops[0] += 1
-        except BaseException as exc:
-            failures.append(exc)
-
-    writers = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
-    for w in writers:
-        w.start()
-    time.sleep(0.3)
-    backfill.apply(_ctx(expanded, projects_spec, workers=2, batch_size=40, max_rows_per_second=1500))
-    time.sleep(0.3)
-    stop.set()
-    for w in writers:
-        w.join(30)
+    with RandomWriters(database_url, max_id=2100) as writers:
+        time.sleep(0.3)
+        backfill.apply(_ctx(expanded, projects_spec, workers=2, batch_size=40, max_rows_per_second=1500))
+        time.sleep(0.3)
+    failures, ops = writers.failures, [writers.ops]
     assert not failures, failures
     assert ops[0] > 50
     assert diff(conn, projects_spec) == []

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from migrator.seed import seed
 from migrator.spec import Spec, load_spec
 from migrator.sqlfiles import as_text
 from tests.conftest import SPECS, Server
-from tests.helpers import quarantined
+from tests.helpers import RandomWriters, quarantined
 
 pytestmark = pytest.mark.db
 
@@ -466,58 +465,9 @@ def test_legacy_type_other_than_the_spec_type(db: Database, conn: Any, projects_
 
 def test_validation_passes_under_concurrent_writers(bf_db: Database, bf_url: str) -> None:
     """Two writers insert, update, delete and change types while validation runs: no false mismatch, ever."""
-    stop = threading.Event()
-    failures: list[BaseException] = []
-    ops = [0]
-
-    def writer(seed_: int) -> None:
-        rnd = random.Random(seed_)
-        try:
-            with psycopg.connect(bf_url, autocommit=True, application_name="app") as a:
-                while not stop.is_set():
-                    pid = rnd.randint(1, ROWS + 100)
-                    kind = rnd.random()
-                    if kind < 0.2:
-                        a.execute(
-                            "INSERT INTO core_project (name, project_type, owner_id, course_name, course_code,"
-                            " teacher_name, syllabus) VALUES ('new', 'school', (SELECT min(id) FROM auth_user),"
-                            " 'c', 'c', %s, %s)",
-                            [None if rnd.random() < 0.1 else "t", '{"w": 1}' if rnd.random() < 0.5 else None],
-                        )
-                    elif kind < 0.5:
-                        a.execute(
-                            "UPDATE core_project SET name = md5(random()::text), syllabus = CASE WHEN "
-                            "random() < 0.5 THEN NULL ELSE '{\"x\": 2}'::jsonb END WHERE id = %s",
-                            [pid],
-                        )
-                    elif kind < 0.7:
-                        a.execute(
-                            "UPDATE core_project SET project_type = CASE project_type WHEN 'school' THEN "
-                            "'self_study' ELSE 'school' END, goal_description = coalesce(goal_description, 'g'),"
-                            " study_frequency = coalesce(study_frequency, 'weekly'), course_name = "
-                            "coalesce(course_name, 'c'), course_code = coalesce(course_code, 'c'), "
-                            "teacher_name = coalesce(teacher_name, 't') WHERE id = %s",
-                            [pid],
-                        )
-                    elif kind < 0.85:
-                        with a.transaction():
-                            a.execute("UPDATE core_project SET is_draft = NOT is_draft WHERE id = %s", [pid])
-                            a.execute("UPDATE core_project SET end_date = current_date WHERE id = %s", [pid + 1])
-                    else:
-                        a.execute("DELETE FROM core_project WHERE id = %s", [pid])
-                    ops[0] += 1
-        except BaseException as exc:
-            failures.append(exc)
-
-    writers = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
-    for w in writers:
-        w.start()
-    try:
+    with RandomWriters(bf_url, max_id=ROWS + 100) as writers:
         results = [_validate(bf_db, chunk_rows=100, workers=2) for _ in range(3)]
-    finally:
-        stop.set()
-        for w in writers:
-            w.join(30)
+    failures, ops = writers.failures, [writers.ops]
     assert not failures, failures
     assert ops[0] > 100
     for r in results:

@@ -15,7 +15,7 @@ from migrator.spec import Spec
 from migrator.sqlfiles import ident, render
 
 
-def diff(conn: psycopg.Connection[Any], spec: Spec, limit: int = 1000) -> list[tuple[str, str]]:
+def diff(conn: psycopg.Connection[Any], spec: Spec, limit: int = 1000) -> list[tuple[str, Any]]:
     """(side, key) of rows where legacy and split disagree, open quarantine left out. One statement, so both
     sides are read in one snapshot while the application writes."""
     query = render(
@@ -26,7 +26,7 @@ def diff(conn: psycopg.Connection[Any], spec: Spec, limit: int = 1000) -> list[t
         pk=ident(spec.pk),
     )
     rows = conn.execute(query, {"migration": spec.migration_name, "limit": limit}).fetchall()
-    return [(str(r[0]), str(r[1])) for r in rows]
+    return [(str(r[0]), r[1]) for r in rows]
 
 
 def require_in_sync(db: Database, spec: Spec, command: str) -> None:

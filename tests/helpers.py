@@ -9,29 +9,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from migrator import names, views
+from migrator import guards, names
 from migrator.spec import Spec
 from migrator.sqlfiles import ident
 
 
 def diff(conn: psycopg.Connection[Any], spec: Spec) -> list[tuple[str, Any]]:
     """('legacy_only' | 'split_only', key) for every row that differs, leaving out open quarantine keys."""
-    q = sql.SQL(
-        "WITH l AS ({legacy}), s AS ({split}), "
-        "q AS (SELECT key FROM {quarantine} WHERE migration = %(m)s AND resolved_at IS NULL) "
-        "SELECT 'legacy_only', x.{pk} FROM (SELECT * FROM l EXCEPT SELECT * FROM s) x "
-        " WHERE x.{pk}::text NOT IN (SELECT key FROM q) "
-        "UNION ALL "
-        "SELECT 'split_only', y.{pk} FROM (SELECT * FROM s EXCEPT SELECT * FROM l) y "
-        " WHERE y.{pk}::text NOT IN (SELECT key FROM q) "
-        "ORDER BY 2, 1"
-    ).format(
-        legacy=views.legacy_normalized(spec),
-        split=views.split_as_legacy(spec),
-        quarantine=names.state(spec, "quarantine"),
-        pk=ident(spec.pk),
-    )
-    return [(r[0], r[1]) for r in conn.execute(q, {"m": spec.migration_name}).fetchall()]
+    return guards.diff(conn, spec, limit=1_000_000)
 
 
 def quarantined(conn: psycopg.Connection[Any], spec: Spec) -> dict[str, str]:

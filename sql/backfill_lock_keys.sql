@@ -1,1 +1,0 @@
-SELECT l.{pk}::text FROM {legacy} AS l WHERE l.{pk} = ANY (%(keys)s::{pk_type}[]) ORDER BY l.{pk} FOR NO KEY UPDATE

@@ -763,7 +763,3 @@ def rollback(ctx: Context) -> None:
     """backfilled -> dual_write: the copied rows stay (the triggers keep them in step); only the state moves."""
     with state.transition(ctx.require_db(), ctx.spec, "rollback", ("backfilled",)) as tr:
         tr.finish("dual_write", reason=ctx.options.get("reason"))
-
-
-def reset_ranges_sql(spec: Spec) -> sql.Composed:
-    return sql.SQL("DELETE FROM {} WHERE migration = {}").format(_ranges(spec), literal(spec.migration_name))

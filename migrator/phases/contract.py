@@ -250,7 +250,7 @@ def _restore_statements(spec: Spec) -> list[sql.Composable]:
     return stmts
 
 
-def rollback_plan(ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Action]:
+def rollback_plan(ctx: Context) -> list[Action]:
     spec = ctx.spec
     return [
         Action(
@@ -364,7 +364,7 @@ def _chunk_settings(conn: psycopg.Connection[Any]) -> None:
 def rollback(ctx: Context) -> None:
     spec = ctx.spec
     with state.transition(ctx.require_db(), spec, "rollback", ("contracted",)) as tr:
-        run_actions(tr.conn, rollback_plan(ctx, tr.conn), on_step=announce(ctx), lock_timeout=ctx.lock_timeout)
+        run_actions(tr.conn, rollback_plan(ctx), on_step=announce(ctx), lock_timeout=ctx.lock_timeout)
         result = reverse_backfill(ctx, tr.conn)
         ctx.reporter.step(
             f"reverse backfill: {result.updated:,} legacy rows refreshed, {result.inserted:,} added, "

@@ -394,9 +394,12 @@ def test_payments_spec_uuid_keys_defaults_and_typed_meta(db: Database, conn: Any
     assert result.quarantine.open > 0
     key = _one(conn, "SELECT min(payment_uuid::text) FROM billing_v2.card_payments WHERE card_brand = 'unknown'")
     conn.execute("UPDATE billing_v2.card_payments SET card_brand = 'amex' WHERE payment_uuid = %s", [key])
+    # Another row than `key` (uuids are random: the two minimums can be the same row, which flaked).
     conn.execute(
         "UPDATE billing_v2.payment_attributes SET data = '7' WHERE name = 'retries' AND payment_uuid = "
-        "(SELECT min(payment_uuid::text)::uuid FROM billing_v2.payment_attributes WHERE name = 'retries')"
+        "(SELECT min(payment_uuid::text)::uuid FROM billing_v2.payment_attributes WHERE name = 'retries' "
+        "AND payment_uuid <> %s::uuid)",
+        [key],
     )
     result = _validate(db, payments_spec, chunk_rows=97)
     brand = next(d for d in result.row_diffs if d.key == key)

@@ -66,9 +66,10 @@ def _upsert(
     )
 
 
-def forward_sync_body(spec: Spec, row: str = "r", op: str = "p_op") -> sql.Composed:
+def forward_sync_body(spec: Spec, row: str = "r", op: str = "p_op", inserted: str | None = None) -> sql.Composed:
     """The statements that make the split rows equal the legacy-shaped row `row` (base first: children
-    reference it). `op` names the variable holding INSERT/UPDATE/SYNC: on INSERT there is nothing to delete."""
+    reference it). `op` names the variable holding INSERT/UPDATE/SYNC: on INSERT there is nothing to delete.
+    `inserted` names a boolean variable set true when the base row was missing (inserted, not updated)."""
     pk, link = spec.pk, spec.base.link_column
     rw, opv = raw(row), raw(op)
     stmts: list[sql.Composable] = [
@@ -78,6 +79,7 @@ def forward_sync_body(spec: Spec, row: str = "r", op: str = "p_op") -> sql.Compo
             [_new(pk, row)],
             list(spec.base.columns),
             [_value(c, cs, row) for c, cs in spec.base.columns.items()],
+            returning=raw(f"(xmax = 0) INTO {inserted}") if inserted else None,
         )
     ]
     for v in spec.variants:
@@ -128,7 +130,7 @@ def sync_function_sql(spec: Spec) -> sql.Composed:
         "forward_sync",
         base=names.split(spec, spec.base.table),
         pk=ident(spec.pk),
-        sync=forward_sync_body(spec),
+        sync=forward_sync_body(spec, inserted="v_inserted"),
         quarantine=names.state(spec, "quarantine"),
         migration=literal(spec.migration_name),
     )
@@ -147,18 +149,17 @@ def _changed(values: Sequence[tuple[str, ColumnSpec | None]]) -> sql.Composed:
 
 
 def forward_update_fast_path(spec: Spec) -> dict[str, sql.Composable]:
-    """Slots of forward_trigger for an UPDATE that keeps the key and the discriminator: the base upsert (only
-    when its columns changed; sets v_inserted), then the current variant's child and each meta column, each
+    """Slots of forward_trigger for an UPDATE that keeps the key and the discriminator: the base row's update
+    (only when its columns changed), then the current variant's child and each meta column, each
     only when its columns changed."""
     pk, link = spec.pk, spec.base.link_column
     base_cols = list(spec.base.columns.items())
-    base_upsert = _upsert(
+    base_update = sql.SQL("UPDATE {} SET ({}) = ROW({}) WHERE {} = NEW.{};").format(
         names.split(spec, spec.base.table),
-        [pk],
-        [_new(pk, "NEW")],
-        [c for c, _ in base_cols],
-        [_value(c, cs, "NEW") for c, cs in base_cols],
-        returning=raw("(xmax = 0) INTO v_inserted"),
+        join([ident(c) for c, _ in base_cols]),
+        join([_value(c, cs, "NEW") for c, cs in base_cols]),
+        ident(pk),
+        ident(pk),
     )
     changed: list[sql.Composable] = []
     for v in spec.variants:
@@ -203,7 +204,7 @@ def forward_update_fast_path(spec: Spec) -> dict[str, sql.Composable]:
     return {
         "disc": ident(spec.source.discriminator),
         "base_changed": _changed(base_cols),
-        "base_upsert": base_upsert,
+        "base_update": base_update,
         "changed": join(changed, "\n                    ") if changed else raw("NULL;"),
     }
 

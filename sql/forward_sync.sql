@@ -4,13 +4,18 @@
 #variable_conflict use_column
 DECLARE
     v_origin text := current_setting('migrator.origin', true);
+    v_inserted boolean;
 BEGIN
     -- While we write the split rows, the reverse triggers (on in write_new) must not copy them back.
     PERFORM set_config('migrator.origin', 'legacy', true);
     BEGIN
         {sync}
-        UPDATE {quarantine} SET resolved_at = now()
-         WHERE migration = {migration} AND key = r.{pk}::text AND resolved_at IS NULL;
+        -- A quarantined key has no split rows (the handler below removes them), so only a row whose base row
+        -- was missing can be in quarantine; a new legacy row (INSERT) never is (its delete resolved it).
+        IF v_inserted AND p_op <> 'INSERT' THEN
+            UPDATE {quarantine} SET resolved_at = now()
+             WHERE migration = {migration} AND key = r.{pk}::text AND resolved_at IS NULL;
+        END IF;
     EXCEPTION WHEN integrity_constraint_violation OR data_exception THEN
         -- The block's writes are undone; remove split rows left from an earlier version of the row, so the
         -- split side never shows stale data for a quarantined key.

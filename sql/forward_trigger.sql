@@ -4,7 +4,6 @@
 DECLARE
     v_origin text := current_setting('migrator.origin', true);
     v_full boolean := true;
-    v_inserted boolean;
 BEGIN
     -- Loop guard: the reverse trigger sets migrator.origin while it writes the legacy row for a split write.
     IF v_origin = 'split' THEN
@@ -25,26 +24,20 @@ BEGIN
          WHERE migration = {migration} AND key = OLD.{pk}::text AND resolved_at IS NULL;
         PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
     ELSIF TG_OP = 'UPDATE' AND OLD.{disc} IS NOT DISTINCT FROM NEW.{disc} THEN
-        -- Same key, same variant: write only the split rows whose columns changed. Any doubt (a quarantined
-        -- key, a base row not copied yet or still uncommitted, a rejection) falls back to the full sync below.
+        -- Same key, same variant: write only the split rows whose columns changed. Any doubt falls back to the
+        -- full sync below: no base row (never copied, a backfill chunk's copy still uncommitted and so invisible
+        -- here — the full sync's upsert waits for it — or a quarantined key, whose split rows the quarantine
+        -- removed), or a rejection.
         PERFORM set_config('migrator.origin', 'legacy', true);
         BEGIN
-            UPDATE {quarantine} SET resolved_at = now()
-             WHERE migration = {migration} AND key = NEW.{pk}::text AND resolved_at IS NULL;
-            IF NOT FOUND THEN
-                IF {base_changed} THEN
-                    -- Waits for a backfill chunk's uncommitted copy of this row, then overwrites it.
-                    {base_upsert}
-                    -- Inserted: the row had never been copied, so its children and meta are missing too.
-                    v_full := coalesce(v_inserted, false);
-                ELSE
-                    -- A copy only a backfill chunk has (uncommitted) is invisible here: the full sync waits.
-                    PERFORM 1 FROM {base} WHERE {pk} = NEW.{pk};
-                    v_full := NOT FOUND;
-                END IF;
-                IF NOT v_full THEN
-                    {changed}
-                END IF;
+            IF {base_changed} THEN
+                {base_update}
+            ELSE
+                PERFORM 1 FROM {base} WHERE {pk} = NEW.{pk};
+            END IF;
+            v_full := NOT FOUND;
+            IF NOT v_full THEN
+                {changed}
             END IF;
         EXCEPTION WHEN integrity_constraint_violation OR data_exception THEN
             -- Undone; the full sync writes the row again and quarantines the rejection.

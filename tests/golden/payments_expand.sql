@@ -214,13 +214,15 @@ CREATE OR REPLACE FUNCTION "migrator_pay"."payments_split_sync"(r "billing"."leg
 #variable_conflict use_column
 DECLARE
     v_origin text := current_setting('migrator.origin', true);
+    v_inserted boolean;
 BEGIN
     -- While we write the split rows, the reverse triggers (on in write_new) must not copy them back.
     PERFORM set_config('migrator.origin', 'legacy', true);
     BEGIN
         INSERT INTO "billing_v2"."payments" AS t ("payment_uuid", "method", "amount", "currency", "paid_at") VALUES (r."payment_uuid", r."method", r."amount", r."currency", r."paid_at")
         ON CONFLICT ("payment_uuid") DO UPDATE SET ("method", "amount", "currency", "paid_at") = ROW(EXCLUDED."method", EXCLUDED."amount", EXCLUDED."currency", EXCLUDED."paid_at")
-        WHERE (t."method", t."amount", t."currency", t."paid_at") IS DISTINCT FROM (EXCLUDED."method", EXCLUDED."amount", EXCLUDED."currency", EXCLUDED."paid_at");
+        WHERE (t."method", t."amount", t."currency", t."paid_at") IS DISTINCT FROM (EXCLUDED."method", EXCLUDED."amount", EXCLUDED."currency", EXCLUDED."paid_at")
+        RETURNING (xmax = 0) INTO v_inserted;
         IF r."method" = 'card' THEN
             INSERT INTO "billing_v2"."card_payments" AS t ("payment_uuid", "card_last4", "card_brand") VALUES (r."payment_uuid", r."card_last4", coalesce(r."card_brand", 'unknown'::text))
         ON CONFLICT ("payment_uuid") DO UPDATE SET ("card_last4", "card_brand") = ROW(EXCLUDED."card_last4", EXCLUDED."card_brand")
@@ -262,8 +264,12 @@ BEGIN
             ON CONFLICT ("payment_uuid", "name") DO UPDATE SET "data" = EXCLUDED."data"
             WHERE t."data" IS DISTINCT FROM EXCLUDED."data";
         END IF;
-        UPDATE "migrator_pay"."quarantine" SET resolved_at = now()
-         WHERE migration = 'payments_split' AND key = r."payment_uuid"::text AND resolved_at IS NULL;
+        -- A quarantined key has no split rows (the handler below removes them), so only a row whose base row
+        -- was missing can be in quarantine; a new legacy row (INSERT) never is (its delete resolved it).
+        IF v_inserted AND p_op <> 'INSERT' THEN
+            UPDATE "migrator_pay"."quarantine" SET resolved_at = now()
+             WHERE migration = 'payments_split' AND key = r."payment_uuid"::text AND resolved_at IS NULL;
+        END IF;
     EXCEPTION WHEN integrity_constraint_violation OR data_exception THEN
         -- The block's writes are undone; remove split rows left from an earlier version of the row, so the
         -- split side never shows stale data for a quarantined key.
@@ -290,7 +296,6 @@ CREATE OR REPLACE FUNCTION "migrator_pay"."payments_split_forward"() RETURNS tri
 DECLARE
     v_origin text := current_setting('migrator.origin', true);
     v_full boolean := true;
-    v_inserted boolean;
 BEGIN
     -- Loop guard: the reverse trigger sets migrator.origin while it writes the legacy row for a split write.
     IF v_origin = 'split' THEN
@@ -311,28 +316,20 @@ BEGIN
          WHERE migration = 'payments_split' AND key = OLD."payment_uuid"::text AND resolved_at IS NULL;
         PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
     ELSIF TG_OP = 'UPDATE' AND OLD."method" IS NOT DISTINCT FROM NEW."method" THEN
-        -- Same key, same variant: write only the split rows whose columns changed. Any doubt (a quarantined
-        -- key, a base row not copied yet or still uncommitted, a rejection) falls back to the full sync below.
+        -- Same key, same variant: write only the split rows whose columns changed. Any doubt falls back to the
+        -- full sync below: no base row (never copied, a backfill chunk's copy still uncommitted and so invisible
+        -- here — the full sync's upsert waits for it — or a quarantined key, whose split rows the quarantine
+        -- removed), or a rejection.
         PERFORM set_config('migrator.origin', 'legacy', true);
         BEGIN
-            UPDATE "migrator_pay"."quarantine" SET resolved_at = now()
-             WHERE migration = 'payments_split' AND key = NEW."payment_uuid"::text AND resolved_at IS NULL;
-            IF NOT FOUND THEN
-                IF ROW(OLD."method", OLD."amount", OLD."currency", OLD."paid_at")::record *<> ROW(NEW."method", NEW."amount", NEW."currency", NEW."paid_at")::record THEN
-                    -- Waits for a backfill chunk's uncommitted copy of this row, then overwrites it.
-                    INSERT INTO "billing_v2"."payments" AS t ("payment_uuid", "method", "amount", "currency", "paid_at") VALUES (NEW."payment_uuid", NEW."method", NEW."amount", NEW."currency", NEW."paid_at")
-        ON CONFLICT ("payment_uuid") DO UPDATE SET ("method", "amount", "currency", "paid_at") = ROW(EXCLUDED."method", EXCLUDED."amount", EXCLUDED."currency", EXCLUDED."paid_at")
-        WHERE (t."method", t."amount", t."currency", t."paid_at") IS DISTINCT FROM (EXCLUDED."method", EXCLUDED."amount", EXCLUDED."currency", EXCLUDED."paid_at")
-        RETURNING (xmax = 0) INTO v_inserted;
-                    -- Inserted: the row had never been copied, so its children and meta are missing too.
-                    v_full := coalesce(v_inserted, false);
-                ELSE
-                    -- A copy only a backfill chunk has (uncommitted) is invisible here: the full sync waits.
-                    PERFORM 1 FROM "billing_v2"."payments" WHERE "payment_uuid" = NEW."payment_uuid";
-                    v_full := NOT FOUND;
-                END IF;
-                IF NOT v_full THEN
-                    IF NEW."method" = 'card' AND ROW(OLD."card_last4", coalesce(OLD."card_brand", 'unknown'::text))::record *<> ROW(NEW."card_last4", coalesce(NEW."card_brand", 'unknown'::text))::record THEN
+            IF ROW(OLD."method", OLD."amount", OLD."currency", OLD."paid_at")::record *<> ROW(NEW."method", NEW."amount", NEW."currency", NEW."paid_at")::record THEN
+                UPDATE "billing_v2"."payments" SET ("method", "amount", "currency", "paid_at") = ROW(NEW."method", NEW."amount", NEW."currency", NEW."paid_at") WHERE "payment_uuid" = NEW."payment_uuid";
+            ELSE
+                PERFORM 1 FROM "billing_v2"."payments" WHERE "payment_uuid" = NEW."payment_uuid";
+            END IF;
+            v_full := NOT FOUND;
+            IF NOT v_full THEN
+                IF NEW."method" = 'card' AND ROW(OLD."card_last4", coalesce(OLD."card_brand", 'unknown'::text))::record *<> ROW(NEW."card_last4", coalesce(NEW."card_brand", 'unknown'::text))::record THEN
                         INSERT INTO "billing_v2"."card_payments" AS t ("payment_uuid", "card_last4", "card_brand") VALUES (NEW."payment_uuid", NEW."card_last4", coalesce(NEW."card_brand", 'unknown'::text))
         ON CONFLICT ("payment_uuid") DO UPDATE SET ("card_last4", "card_brand") = ROW(EXCLUDED."card_last4", EXCLUDED."card_brand")
         WHERE (t."card_last4", t."card_brand") IS DISTINCT FROM (EXCLUDED."card_last4", EXCLUDED."card_brand");
@@ -375,7 +372,6 @@ BEGIN
             WHERE t."data" IS DISTINCT FROM EXCLUDED."data";
         END IF;
                     END IF;
-                END IF;
             END IF;
         EXCEPTION WHEN integrity_constraint_violation OR data_exception THEN
             -- Undone; the full sync writes the row again and quarantines the rejection.

@@ -240,13 +240,15 @@ CREATE OR REPLACE FUNCTION "migrator"."core_project_split_sync"(r "public"."core
 #variable_conflict use_column
 DECLARE
     v_origin text := current_setting('migrator.origin', true);
+    v_inserted boolean;
 BEGIN
     -- While we write the split rows, the reverse triggers (on in write_new) must not copy them back.
     PERFORM set_config('migrator.origin', 'legacy', true);
     BEGIN
         INSERT INTO "public"."projects" AS t ("id", "name", "project_type", "owner_id", "start_date", "end_date", "is_draft", "created_at", "updated_at") VALUES (r."id", r."name", r."project_type", r."owner_id", r."start_date", r."end_date", r."is_draft", r."created_at", r."updated_at")
         ON CONFLICT ("id") DO UPDATE SET ("name", "project_type", "owner_id", "start_date", "end_date", "is_draft", "created_at", "updated_at") = ROW(EXCLUDED."name", EXCLUDED."project_type", EXCLUDED."owner_id", EXCLUDED."start_date", EXCLUDED."end_date", EXCLUDED."is_draft", EXCLUDED."created_at", EXCLUDED."updated_at")
-        WHERE (t."name", t."project_type", t."owner_id", t."start_date", t."end_date", t."is_draft", t."created_at", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."project_type", EXCLUDED."owner_id", EXCLUDED."start_date", EXCLUDED."end_date", EXCLUDED."is_draft", EXCLUDED."created_at", EXCLUDED."updated_at");
+        WHERE (t."name", t."project_type", t."owner_id", t."start_date", t."end_date", t."is_draft", t."created_at", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."project_type", EXCLUDED."owner_id", EXCLUDED."start_date", EXCLUDED."end_date", EXCLUDED."is_draft", EXCLUDED."created_at", EXCLUDED."updated_at")
+        RETURNING (xmax = 0) INTO v_inserted;
         IF r."project_type" = 'school' THEN
             INSERT INTO "public"."school_projects" AS t ("project_id", "course_name", "course_code", "teacher_name") VALUES (r."id", r."course_name", r."course_code", r."teacher_name")
         ON CONFLICT ("project_id") DO UPDATE SET ("course_name", "course_code", "teacher_name") = ROW(EXCLUDED."course_name", EXCLUDED."course_code", EXCLUDED."teacher_name")
@@ -270,8 +272,12 @@ BEGIN
             ON CONFLICT ("project_id", "key") DO UPDATE SET "value" = EXCLUDED."value"
             WHERE t."value" IS DISTINCT FROM EXCLUDED."value";
         END IF;
-        UPDATE "migrator"."quarantine" SET resolved_at = now()
-         WHERE migration = 'core_project_split' AND key = r."id"::text AND resolved_at IS NULL;
+        -- A quarantined key has no split rows (the handler below removes them), so only a row whose base row
+        -- was missing can be in quarantine; a new legacy row (INSERT) never is (its delete resolved it).
+        IF v_inserted AND p_op <> 'INSERT' THEN
+            UPDATE "migrator"."quarantine" SET resolved_at = now()
+             WHERE migration = 'core_project_split' AND key = r."id"::text AND resolved_at IS NULL;
+        END IF;
     EXCEPTION WHEN integrity_constraint_violation OR data_exception THEN
         -- The block's writes are undone; remove split rows left from an earlier version of the row, so the
         -- split side never shows stale data for a quarantined key.
@@ -298,7 +304,6 @@ CREATE OR REPLACE FUNCTION "migrator"."core_project_split_forward"() RETURNS tri
 DECLARE
     v_origin text := current_setting('migrator.origin', true);
     v_full boolean := true;
-    v_inserted boolean;
 BEGIN
     -- Loop guard: the reverse trigger sets migrator.origin while it writes the legacy row for a split write.
     IF v_origin = 'split' THEN
@@ -319,28 +324,20 @@ BEGIN
          WHERE migration = 'core_project_split' AND key = OLD."id"::text AND resolved_at IS NULL;
         PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
     ELSIF TG_OP = 'UPDATE' AND OLD."project_type" IS NOT DISTINCT FROM NEW."project_type" THEN
-        -- Same key, same variant: write only the split rows whose columns changed. Any doubt (a quarantined
-        -- key, a base row not copied yet or still uncommitted, a rejection) falls back to the full sync below.
+        -- Same key, same variant: write only the split rows whose columns changed. Any doubt falls back to the
+        -- full sync below: no base row (never copied, a backfill chunk's copy still uncommitted and so invisible
+        -- here — the full sync's upsert waits for it — or a quarantined key, whose split rows the quarantine
+        -- removed), or a rejection.
         PERFORM set_config('migrator.origin', 'legacy', true);
         BEGIN
-            UPDATE "migrator"."quarantine" SET resolved_at = now()
-             WHERE migration = 'core_project_split' AND key = NEW."id"::text AND resolved_at IS NULL;
-            IF NOT FOUND THEN
-                IF ROW(OLD."name", OLD."project_type", OLD."owner_id", OLD."start_date", OLD."end_date", OLD."is_draft", OLD."created_at", OLD."updated_at")::record *<> ROW(NEW."name", NEW."project_type", NEW."owner_id", NEW."start_date", NEW."end_date", NEW."is_draft", NEW."created_at", NEW."updated_at")::record THEN
-                    -- Waits for a backfill chunk's uncommitted copy of this row, then overwrites it.
-                    INSERT INTO "public"."projects" AS t ("id", "name", "project_type", "owner_id", "start_date", "end_date", "is_draft", "created_at", "updated_at") VALUES (NEW."id", NEW."name", NEW."project_type", NEW."owner_id", NEW."start_date", NEW."end_date", NEW."is_draft", NEW."created_at", NEW."updated_at")
-        ON CONFLICT ("id") DO UPDATE SET ("name", "project_type", "owner_id", "start_date", "end_date", "is_draft", "created_at", "updated_at") = ROW(EXCLUDED."name", EXCLUDED."project_type", EXCLUDED."owner_id", EXCLUDED."start_date", EXCLUDED."end_date", EXCLUDED."is_draft", EXCLUDED."created_at", EXCLUDED."updated_at")
-        WHERE (t."name", t."project_type", t."owner_id", t."start_date", t."end_date", t."is_draft", t."created_at", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."project_type", EXCLUDED."owner_id", EXCLUDED."start_date", EXCLUDED."end_date", EXCLUDED."is_draft", EXCLUDED."created_at", EXCLUDED."updated_at")
-        RETURNING (xmax = 0) INTO v_inserted;
-                    -- Inserted: the row had never been copied, so its children and meta are missing too.
-                    v_full := coalesce(v_inserted, false);
-                ELSE
-                    -- A copy only a backfill chunk has (uncommitted) is invisible here: the full sync waits.
-                    PERFORM 1 FROM "public"."projects" WHERE "id" = NEW."id";
-                    v_full := NOT FOUND;
-                END IF;
-                IF NOT v_full THEN
-                    IF NEW."project_type" = 'school' AND ROW(OLD."course_name", OLD."course_code", OLD."teacher_name")::record *<> ROW(NEW."course_name", NEW."course_code", NEW."teacher_name")::record THEN
+            IF ROW(OLD."name", OLD."project_type", OLD."owner_id", OLD."start_date", OLD."end_date", OLD."is_draft", OLD."created_at", OLD."updated_at")::record *<> ROW(NEW."name", NEW."project_type", NEW."owner_id", NEW."start_date", NEW."end_date", NEW."is_draft", NEW."created_at", NEW."updated_at")::record THEN
+                UPDATE "public"."projects" SET ("name", "project_type", "owner_id", "start_date", "end_date", "is_draft", "created_at", "updated_at") = ROW(NEW."name", NEW."project_type", NEW."owner_id", NEW."start_date", NEW."end_date", NEW."is_draft", NEW."created_at", NEW."updated_at") WHERE "id" = NEW."id";
+            ELSE
+                PERFORM 1 FROM "public"."projects" WHERE "id" = NEW."id";
+            END IF;
+            v_full := NOT FOUND;
+            IF NOT v_full THEN
+                IF NEW."project_type" = 'school' AND ROW(OLD."course_name", OLD."course_code", OLD."teacher_name")::record *<> ROW(NEW."course_name", NEW."course_code", NEW."teacher_name")::record THEN
                         INSERT INTO "public"."school_projects" AS t ("project_id", "course_name", "course_code", "teacher_name") VALUES (NEW."id", NEW."course_name", NEW."course_code", NEW."teacher_name")
         ON CONFLICT ("project_id") DO UPDATE SET ("course_name", "course_code", "teacher_name") = ROW(EXCLUDED."course_name", EXCLUDED."course_code", EXCLUDED."teacher_name")
         WHERE (t."course_name", t."course_code", t."teacher_name") IS DISTINCT FROM (EXCLUDED."course_name", EXCLUDED."course_code", EXCLUDED."teacher_name");
@@ -361,7 +358,6 @@ BEGIN
             WHERE t."value" IS DISTINCT FROM EXCLUDED."value";
         END IF;
                     END IF;
-                END IF;
             END IF;
         EXCEPTION WHEN integrity_constraint_violation OR data_exception THEN
             -- Undone; the full sync writes the row again and quarantines the rejection.

@@ -77,6 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="leave the split tables empty (updates then insert their split rows: the first touch)",
     )
+    p.add_argument(
+        "--indexes",
+        action="store_true",
+        help="also build the indexes the backfill builds (the state from `backfilled` on); default: as expand "
+        "leaves the split tables (dual_write, while the backfill copies)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return p.parse_args(argv)
 
@@ -147,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             log(
                 args, f"split tables prefilled through the trigger ({split_count(conn, spec)} rows): {sw.seconds:.1f} s"
             )
+        if args.indexes:
+            for i in range(len(spec.indexes)):
+                if spec.index_phase(i) == "backfill":
+                    conn.execute(expand.index_statement(spec, i))
+            log(args, "indexes the backfill builds: built")
         server = conn.info.server_version
 
         runs: list[dict[str, float]] = []
@@ -190,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration,
         "clients": args.clients,
         "prefill": args.prefill,
+        "indexes_after_backfill": args.indexes,
         "writes_per_transaction": WRITES_PER_TRANSACTION,
         "runs": runs,
         "median_tps_without": round(without, 1),

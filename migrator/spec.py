@@ -132,7 +132,9 @@ class Meta(_Model):
 
 
 class Index(_Model):
-    """A secondary index on a split table, built CONCURRENTLY by expand."""
+    """A secondary index on a split table, built CONCURRENTLY: by expand when it enforces something (unique)
+    or covers a foreign key of the base table; otherwise by the backfill once the rows are in (`build`
+    overrides), so the bulk copy and the dual-write triggers do not maintain an index no reader uses yet."""
 
     table: str
     columns: list[str] = Field(min_length=1)
@@ -140,6 +142,7 @@ class Index(_Model):
     unique: bool = False
     where: dict[str, Scalar | None] | None = None
     name: str | None = None
+    build: Literal["expand", "backfill"] | None = None
 
 
 class Reference(_Model):
@@ -181,6 +184,16 @@ class Spec(_Model):
         if self.meta:
             tables.append(self.meta.table)
         return tables
+
+    def index_phase(self, i: int) -> str:
+        """ "expand" or "backfill": which command builds indexes[i]."""
+        ix = self.indexes[i]
+        if ix.build:
+            return ix.build
+        fk_columns = {fk.column for fk in self.base.foreign_keys}
+        if ix.unique or (ix.table == self.base.table and ix.columns[0] in fk_columns):
+            return "expand"
+        return "backfill"
 
     def legacy_columns(self) -> list[str]:
         """Every legacy column the split covers, primary key first, in a stable order."""

@@ -123,17 +123,25 @@ def forward_sync_body(spec: Spec, row: str = "r", op: str = "p_op", inserted: st
     return join(stmts, "\n        ")
 
 
+def _sync_block(spec: Spec, row: str, op: str, source: sql.Composable) -> sql.Composed:
+    """Sync the legacy-shaped row `row` inside an exception block that quarantines a rejection."""
+    return render(
+        "forward_sync_block",
+        base=names.split(spec, spec.base.table),
+        pk=ident(spec.pk),
+        sync=forward_sync_body(spec, row=row, op=op, inserted="v_inserted"),
+        quarantine=names.state(spec, "quarantine"),
+        migration=literal(spec.migration_name),
+        row=raw(row),
+        op=raw(op),
+        source=source,
+    )
+
+
 def sync_function_sql(spec: Spec) -> sql.Composed:
     """CREATE FUNCTION <state_schema>.<migration>_sync(r <legacy row>, p_op text, p_source text)."""
     args = sql.SQL("r {}, p_op text, p_source text").format(names.source(spec))
-    body = render(
-        "forward_sync",
-        base=names.split(spec, spec.base.table),
-        pk=ident(spec.pk),
-        sync=forward_sync_body(spec, inserted="v_inserted"),
-        quarantine=names.state(spec, "quarantine"),
-        migration=literal(spec.migration_name),
-    )
+    body = render("forward_sync", block=_sync_block(spec, "r", "p_op", raw("p_source")))
     return plpgsql_function(function_name(spec, "sync"), body, returns="void", args=args)
 
 
@@ -223,7 +231,7 @@ def forward_actions(spec: Spec) -> list[Action]:
             "forward_trigger",
             base=names.split(spec, spec.base.table),
             pk=ident(spec.pk),
-            sync_function=function_name(spec, "sync"),
+            full_sync=_sync_block(spec, "NEW", "TG_OP", literal("trigger")),
             **forward_update_fast_path(spec),
             **common,
         ),

@@ -1,1 +1,1 @@
-CREATE {unique}INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} USING {method} ({columns}){where}
+CREATE {unique}INDEX {concurrently}IF NOT EXISTS {name} ON {table} USING {method} ({columns}){where}

@@ -4,6 +4,7 @@
 DECLARE
     v_origin text := current_setting('migrator.origin', true);
     v_full boolean := true;
+    v_inserted boolean;
 BEGIN
     -- Loop guard: the reverse trigger sets migrator.origin while it writes the legacy row for a split write.
     IF v_origin = 'split' THEN
@@ -46,7 +47,7 @@ BEGIN
         PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
     END IF;
     IF v_full THEN
-        PERFORM {sync_function}(NEW, TG_OP, 'trigger');
+        {full_sync}
     END IF;
     RETURN NULL;
 END

@@ -12,7 +12,7 @@ import pytest
 
 from migrator import lifecycle, state
 from migrator.db import Database, advisory_lock
-from migrator.phases import expand
+from migrator.phases import backfill, expand
 from migrator.phases.base import Context
 from migrator.seed import seed
 from migrator.spec import Spec
@@ -290,3 +290,39 @@ def test_cli_expand_and_rollback_drop_tables_needs_yes(
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout.splitlines()[-1])["state"] == "legacy"
     assert _one(conn, "SELECT to_regclass('projects') IS NULL")
+
+
+def _indexes(conn: psycopg.Connection[Any]) -> set[str]:
+    rows = conn.execute(
+        "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE i.indrelid IN ('projects'::regclass, 'project_meta'::regclass) AND i.indisvalid"
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_indexes_split_between_expand_and_backfill(
+    expanded: Database, projects_spec: Spec, conn: psycopg.Connection[Any]
+) -> None:
+    """expand builds only the FK-covering index; the backfill builds the others after its copy, all valid."""
+    after_expand = _indexes(conn)
+    assert "projects_owner_id_idx" in after_expand
+    deferred = {"projects_project_type_idx", "projects_created_at_idx", "project_meta_value_idx"}
+    assert not deferred & after_expand
+    assert [a.description for a in backfill.plan(Context(projects_spec, expanded))][-3:] == [
+        f"build index {n} CONCURRENTLY"
+        for n in ("projects_project_type_idx", "projects_created_at_idx", "project_meta_value_idx")
+    ]
+    backfill.apply(Context(projects_spec, expanded, options={"workers": 1}))
+    assert deferred <= _indexes(conn)
+    assert backfill.verify(Context(projects_spec, expanded)).ok
+
+
+def test_index_build_override_and_unique(projects_spec: Spec) -> None:
+    """`build = "expand"` and unique indexes are built by expand; others default to the backfill."""
+    data = projects_spec.model_dump(by_alias=True)
+    data["indexes"][1]["build"] = "expand"
+    data["indexes"][2]["unique"] = True
+    spec = Spec.model_validate(data)
+    assert [spec.index_phase(i) for i in range(4)] == ["expand", "expand", "expand", "backfill"]
+    assert [projects_spec.index_phase(i) for i in range(4)] == ["expand", "backfill", "backfill", "backfill"]
+    assert len(expand.index_actions(spec, "expand")) == 3

@@ -29,7 +29,8 @@ from psycopg import sql
 from migrator import names, retry, state, triggers
 from migrator.db import Database, scalar
 from migrator.errors import GuardFailed, OperationalError
-from migrator.phases.base import Action, Context, Report, object_name
+from migrator.phases import expand
+from migrator.phases.base import Action, Context, Report, announce, object_name, run_actions
 from migrator.spec import ColumnSpec, Spec
 from migrator.sqlfiles import ident, join, literal, raw, render
 
@@ -260,6 +261,8 @@ def plan(ctx: Context) -> list[Action]:
             render("backfill_checkpoint", ranges=_ranges(spec), state=names.state(spec, "state")),
             lock_timeout=timeout,
         ),
+        # One sorted build per index once the rows are in, rather than maintaining it row by row during the copy.
+        *expand.index_actions(spec, "backfill"),
     ]
 
 
@@ -689,6 +692,11 @@ def apply(ctx: Context) -> None:
                 break
             # Ranges still held by workers on other hosts: wait, and take over any whose worker died.
             time.sleep(1.0)
+        on_session(
+            lambda c: run_actions(
+                c, expand.index_actions(spec, "backfill"), on_step=announce(ctx), lock_timeout=ctx.lock_timeout
+            )
+        )
         report = on_session(lambda c: verify(ctx, c))
         if not report.ok:
             raise GuardFailed(
@@ -756,6 +764,10 @@ def verify(ctx: Context, conn: psycopg.Connection[Any] | None = None) -> Report:
         "every legacy row is copied or quarantined",
         f"{unsynced:,} legacy rows are neither copied nor quarantined",
     )
+    for action in expand.index_actions(spec, "backfill"):
+        assert action.done_check is not None
+        row = conn.execute(action.done_check).fetchone()
+        report.check(bool(row and row[0]), f"done: {action.description}", f"not done: {action.description}")
     return report
 
 

@@ -70,9 +70,14 @@ def _fk_actions(
     ]
 
 
-def _index_action(spec: Spec, i: int) -> Action:
+def index_name(spec: Spec, i: int) -> str:
     ix = spec.indexes[i]
-    iname = ix.name or object_name(ix.table, *ix.columns, suffix="idx")
+    return ix.name or object_name(ix.table, *ix.columns, suffix="idx")
+
+
+def index_statement(spec: Spec, i: int, *, concurrently: bool = True) -> sql.Composed:
+    """CREATE INDEX for indexes[i]; without CONCURRENTLY only for benchmarks of an offline copy."""
+    ix = spec.indexes[i]
     where: sql.Composable = raw("")
     if ix.where:
         preds: list[sql.Composable] = []
@@ -82,18 +87,23 @@ def _index_action(spec: Spec, i: int) -> Action:
             else:
                 preds.append(sql.Composed([ident(col), raw(" = "), literal(value)]))
         where = sql.Composed([raw(" WHERE "), join(preds, " AND ")])
-    stmt = render(
+    return render(
         "expand_create_index",
         unique=raw("UNIQUE " if ix.unique else ""),
-        name=ident(iname),
+        concurrently=raw("CONCURRENTLY " if concurrently else ""),
+        name=ident(index_name(spec, i)),
         table=names.split(spec, ix.table),
         method=raw(ix.method),
         columns=join([ident(c) for c in ix.columns]),
         where=where,
     )
+
+
+def _index_action(spec: Spec, i: int) -> Action:
+    iname = index_name(spec, i)
     return Action(
         f"build index {iname} CONCURRENTLY",
-        stmt,
+        index_statement(spec, i),
         transactional=False,
         statement_timeout=0,
         done_check=render("check_index_valid", index=names.regclass_literal(spec.target_schema, iname)),
@@ -184,8 +194,13 @@ def table_actions(spec: Spec, sequence: str | None = _AUTO) -> list[Action]:
     for fk in base.foreign_keys:
         ref = ident(fk.references_schema, fk.references)
         acts += _fk_actions(spec, base.table, fk.column, ref, fk.references_column, fk.on_delete)
-    acts += [_index_action(spec, i) for i in range(len(spec.indexes))]
+    acts += index_actions(spec, "expand")
     return acts
+
+
+def index_actions(spec: Spec, phase: str) -> list[Action]:
+    """The spec's indexes that `phase` ("expand" or "backfill") builds."""
+    return [_index_action(spec, i) for i in range(len(spec.indexes)) if spec.index_phase(i) == phase]
 
 
 def resolve_sequence(conn: psycopg.Connection[Any], spec: Spec) -> str | None:

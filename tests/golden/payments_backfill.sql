@@ -1,4 +1,4 @@
--- ===== phase: backfill (4 steps) =====
+-- ===== phase: backfill (6 steps) =====
 
 -- plan key ranges (once): upper bound, row count, boundaries for parallel workers
 BEGIN;
@@ -70,3 +70,17 @@ UPDATE "migrator_pay"."backfill_ranges"
  WHERE migration = $4 AND range_no = $5 AND worker = $6
 RETURNING (SELECT paused FROM "migrator_pay"."state" WHERE migration = $4);
 COMMIT;
+
+-- build index payments_paid_at_idx CONCURRENTLY
+SET lock_timeout = '500ms';
+SET statement_timeout = '0ms';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS "payments_paid_at_idx" ON "billing_v2"."payments" USING brin ("paid_at");
+RESET lock_timeout;
+RESET statement_timeout;
+
+-- build index payment_attributes_data_idx CONCURRENTLY
+SET lock_timeout = '500ms';
+SET statement_timeout = '0ms';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS "payment_attributes_data_idx" ON "billing_v2"."payment_attributes" USING gin ("data");
+RESET lock_timeout;
+RESET statement_timeout;

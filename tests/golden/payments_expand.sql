@@ -1,4 +1,4 @@
--- ===== phase: expand (19 steps) =====
+-- ===== phase: expand (17 steps) =====
 
 -- create state schema migrator_pay (flags, audit log, quarantine)
 BEGIN;
@@ -180,20 +180,6 @@ SET LOCAL statement_timeout = '0ms';
 ALTER TABLE "billing_v2"."payment_attributes" VALIDATE CONSTRAINT "payment_attributes_payment_uuid_fkey";
 COMMIT;
 
--- build index payments_paid_at_idx CONCURRENTLY
-SET lock_timeout = '500ms';
-SET statement_timeout = '0ms';
-CREATE INDEX CONCURRENTLY IF NOT EXISTS "payments_paid_at_idx" ON "billing_v2"."payments" USING brin ("paid_at");
-RESET lock_timeout;
-RESET statement_timeout;
-
--- build index payment_attributes_data_idx CONCURRENTLY
-SET lock_timeout = '500ms';
-SET statement_timeout = '0ms';
-CREATE INDEX CONCURRENTLY IF NOT EXISTS "payment_attributes_data_idx" ON "billing_v2"."payment_attributes" USING gin ("data");
-RESET lock_timeout;
-RESET statement_timeout;
-
 -- empty split tables left over from an earlier, rolled-back expand (stale), and reset backfill/quarantine
 BEGIN;
 SET LOCAL lock_timeout = '500ms';
@@ -216,6 +202,7 @@ DECLARE
     v_origin text := current_setting('migrator.origin', true);
     v_inserted boolean;
 BEGIN
+    -- Shared by the sync function and (inline, saving a call per statement) the forward trigger.
     -- While we write the split rows, the reverse triggers (on in write_new) must not copy them back.
     PERFORM set_config('migrator.origin', 'legacy', true);
     BEGIN
@@ -296,6 +283,7 @@ CREATE OR REPLACE FUNCTION "migrator_pay"."payments_split_forward"() RETURNS tri
 DECLARE
     v_origin text := current_setting('migrator.origin', true);
     v_full boolean := true;
+    v_inserted boolean;
 BEGIN
     -- Loop guard: the reverse trigger sets migrator.origin while it writes the legacy row for a split write.
     IF v_origin = 'split' THEN
@@ -380,7 +368,72 @@ BEGIN
         PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
     END IF;
     IF v_full THEN
-        PERFORM "migrator_pay"."payments_split_sync"(NEW, TG_OP, 'trigger');
+        -- Shared by the sync function and (inline, saving a call per statement) the forward trigger.
+    -- While we write the split rows, the reverse triggers (on in write_new) must not copy them back.
+    PERFORM set_config('migrator.origin', 'legacy', true);
+    BEGIN
+        INSERT INTO "billing_v2"."payments" AS t ("payment_uuid", "method", "amount", "currency", "paid_at") VALUES (NEW."payment_uuid", NEW."method", NEW."amount", NEW."currency", NEW."paid_at")
+        ON CONFLICT ("payment_uuid") DO UPDATE SET ("method", "amount", "currency", "paid_at") = ROW(EXCLUDED."method", EXCLUDED."amount", EXCLUDED."currency", EXCLUDED."paid_at")
+        WHERE (t."method", t."amount", t."currency", t."paid_at") IS DISTINCT FROM (EXCLUDED."method", EXCLUDED."amount", EXCLUDED."currency", EXCLUDED."paid_at")
+        RETURNING (xmax = 0) INTO v_inserted;
+        IF NEW."method" = 'card' THEN
+            INSERT INTO "billing_v2"."card_payments" AS t ("payment_uuid", "card_last4", "card_brand") VALUES (NEW."payment_uuid", NEW."card_last4", coalesce(NEW."card_brand", 'unknown'::text))
+        ON CONFLICT ("payment_uuid") DO UPDATE SET ("card_last4", "card_brand") = ROW(EXCLUDED."card_last4", EXCLUDED."card_brand")
+        WHERE (t."card_last4", t."card_brand") IS DISTINCT FROM (EXCLUDED."card_last4", EXCLUDED."card_brand");
+        ELSIF TG_OP <> 'INSERT' THEN
+            DELETE FROM "billing_v2"."card_payments" WHERE "payment_uuid" = NEW."payment_uuid";
+        END IF;
+        IF NEW."method" = 'bank_transfer' THEN
+            INSERT INTO "billing_v2"."bank_transfers" AS t ("payment_uuid", "iban", "bic") VALUES (NEW."payment_uuid", NEW."iban", NEW."bic")
+        ON CONFLICT ("payment_uuid") DO UPDATE SET ("iban", "bic") = ROW(EXCLUDED."iban", EXCLUDED."bic")
+        WHERE (t."iban", t."bic") IS DISTINCT FROM (EXCLUDED."iban", EXCLUDED."bic");
+        ELSIF TG_OP <> 'INSERT' THEN
+            DELETE FROM "billing_v2"."bank_transfers" WHERE "payment_uuid" = NEW."payment_uuid";
+        END IF;
+        IF NEW."gateway_response" IS NULL THEN
+            IF TG_OP <> 'INSERT' THEN
+                DELETE FROM "billing_v2"."payment_attributes" WHERE "payment_uuid" = NEW."payment_uuid" AND "name" = 'gateway_response';
+            END IF;
+        ELSE
+            INSERT INTO "billing_v2"."payment_attributes" AS t ("payment_uuid", "name", "data") VALUES (NEW."payment_uuid", 'gateway_response', to_jsonb(NEW."gateway_response"))
+            ON CONFLICT ("payment_uuid", "name") DO UPDATE SET "data" = EXCLUDED."data"
+            WHERE t."data" IS DISTINCT FROM EXCLUDED."data";
+        END IF;
+        IF NEW."notes" IS NULL THEN
+            IF TG_OP <> 'INSERT' THEN
+                DELETE FROM "billing_v2"."payment_attributes" WHERE "payment_uuid" = NEW."payment_uuid" AND "name" = 'notes';
+            END IF;
+        ELSE
+            INSERT INTO "billing_v2"."payment_attributes" AS t ("payment_uuid", "name", "data") VALUES (NEW."payment_uuid", 'notes', to_jsonb(NEW."notes"))
+            ON CONFLICT ("payment_uuid", "name") DO UPDATE SET "data" = EXCLUDED."data"
+            WHERE t."data" IS DISTINCT FROM EXCLUDED."data";
+        END IF;
+        IF NEW."retries" IS NULL THEN
+            IF TG_OP <> 'INSERT' THEN
+                DELETE FROM "billing_v2"."payment_attributes" WHERE "payment_uuid" = NEW."payment_uuid" AND "name" = 'retries';
+            END IF;
+        ELSE
+            INSERT INTO "billing_v2"."payment_attributes" AS t ("payment_uuid", "name", "data") VALUES (NEW."payment_uuid", 'retries', to_jsonb(NEW."retries"))
+            ON CONFLICT ("payment_uuid", "name") DO UPDATE SET "data" = EXCLUDED."data"
+            WHERE t."data" IS DISTINCT FROM EXCLUDED."data";
+        END IF;
+        -- A quarantined key has no split rows (the handler below removes them), so only a row whose base row
+        -- was missing can be in quarantine; a new legacy row (INSERT) never is (its delete resolved it).
+        IF v_inserted AND TG_OP <> 'INSERT' THEN
+            UPDATE "migrator_pay"."quarantine" SET resolved_at = now()
+             WHERE migration = 'payments_split' AND key = NEW."payment_uuid"::text AND resolved_at IS NULL;
+        END IF;
+    EXCEPTION WHEN integrity_constraint_violation OR data_exception THEN
+        -- The block's writes are undone; remove split rows left from an earlier version of the row, so the
+        -- split side never shows stale data for a quarantined key.
+        DELETE FROM "billing_v2"."payments" WHERE "payment_uuid" = NEW."payment_uuid";
+        INSERT INTO "migrator_pay"."quarantine" AS q (migration, key, sqlstate, message, row_data, source)
+        VALUES ('payments_split', NEW."payment_uuid"::text, SQLSTATE, SQLERRM, to_jsonb(NEW), 'trigger')
+        ON CONFLICT (migration, key) DO UPDATE
+           SET sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, row_data = EXCLUDED.row_data,
+               source = EXCLUDED.source, last_seen = now(), resolved_at = NULL;
+    END;
+    PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
     END IF;
     RETURN NULL;
 END

@@ -1,4 +1,4 @@
--- ===== phase: backfill (4 steps) =====
+-- ===== phase: backfill (7 steps) =====
 
 -- plan key ranges (once): upper bound, row count, boundaries for parallel workers
 BEGIN;
@@ -70,3 +70,24 @@ UPDATE "migrator"."backfill_ranges"
  WHERE migration = $4 AND range_no = $5 AND worker = $6
 RETURNING (SELECT paused FROM "migrator"."state" WHERE migration = $4);
 COMMIT;
+
+-- build index projects_project_type_idx CONCURRENTLY
+SET lock_timeout = '500ms';
+SET statement_timeout = '0ms';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS "projects_project_type_idx" ON "public"."projects" USING btree ("project_type");
+RESET lock_timeout;
+RESET statement_timeout;
+
+-- build index projects_created_at_idx CONCURRENTLY
+SET lock_timeout = '500ms';
+SET statement_timeout = '0ms';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS "projects_created_at_idx" ON "public"."projects" USING btree ("created_at") WHERE "is_draft" = true;
+RESET lock_timeout;
+RESET statement_timeout;
+
+-- build index project_meta_value_idx CONCURRENTLY
+SET lock_timeout = '500ms';
+SET statement_timeout = '0ms';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS "project_meta_value_idx" ON "public"."project_meta" USING gin ("value");
+RESET lock_timeout;
+RESET statement_timeout;

@@ -1,4 +1,4 @@
--- ===== phase: expand (22 steps) =====
+-- ===== phase: expand (19 steps) =====
 
 -- create state schema migrator (flags, audit log, quarantine)
 BEGIN;
@@ -199,27 +199,6 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS "projects_owner_id_idx" ON "public"."pro
 RESET lock_timeout;
 RESET statement_timeout;
 
--- build index projects_project_type_idx CONCURRENTLY
-SET lock_timeout = '500ms';
-SET statement_timeout = '0ms';
-CREATE INDEX CONCURRENTLY IF NOT EXISTS "projects_project_type_idx" ON "public"."projects" USING btree ("project_type");
-RESET lock_timeout;
-RESET statement_timeout;
-
--- build index projects_created_at_idx CONCURRENTLY
-SET lock_timeout = '500ms';
-SET statement_timeout = '0ms';
-CREATE INDEX CONCURRENTLY IF NOT EXISTS "projects_created_at_idx" ON "public"."projects" USING btree ("created_at") WHERE "is_draft" = true;
-RESET lock_timeout;
-RESET statement_timeout;
-
--- build index project_meta_value_idx CONCURRENTLY
-SET lock_timeout = '500ms';
-SET statement_timeout = '0ms';
-CREATE INDEX CONCURRENTLY IF NOT EXISTS "project_meta_value_idx" ON "public"."project_meta" USING gin ("value");
-RESET lock_timeout;
-RESET statement_timeout;
-
 -- empty split tables left over from an earlier, rolled-back expand (stale), and reset backfill/quarantine
 BEGIN;
 SET LOCAL lock_timeout = '500ms';
@@ -242,6 +221,7 @@ DECLARE
     v_origin text := current_setting('migrator.origin', true);
     v_inserted boolean;
 BEGIN
+    -- Shared by the sync function and (inline, saving a call per statement) the forward trigger.
     -- While we write the split rows, the reverse triggers (on in write_new) must not copy them back.
     PERFORM set_config('migrator.origin', 'legacy', true);
     BEGIN
@@ -304,6 +284,7 @@ CREATE OR REPLACE FUNCTION "migrator"."core_project_split_forward"() RETURNS tri
 DECLARE
     v_origin text := current_setting('migrator.origin', true);
     v_full boolean := true;
+    v_inserted boolean;
 BEGIN
     -- Loop guard: the reverse trigger sets migrator.origin while it writes the legacy row for a split write.
     IF v_origin = 'split' THEN
@@ -366,7 +347,54 @@ BEGIN
         PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
     END IF;
     IF v_full THEN
-        PERFORM "migrator"."core_project_split_sync"(NEW, TG_OP, 'trigger');
+        -- Shared by the sync function and (inline, saving a call per statement) the forward trigger.
+    -- While we write the split rows, the reverse triggers (on in write_new) must not copy them back.
+    PERFORM set_config('migrator.origin', 'legacy', true);
+    BEGIN
+        INSERT INTO "public"."projects" AS t ("id", "name", "project_type", "owner_id", "start_date", "end_date", "is_draft", "created_at", "updated_at") VALUES (NEW."id", NEW."name", NEW."project_type", NEW."owner_id", NEW."start_date", NEW."end_date", NEW."is_draft", NEW."created_at", NEW."updated_at")
+        ON CONFLICT ("id") DO UPDATE SET ("name", "project_type", "owner_id", "start_date", "end_date", "is_draft", "created_at", "updated_at") = ROW(EXCLUDED."name", EXCLUDED."project_type", EXCLUDED."owner_id", EXCLUDED."start_date", EXCLUDED."end_date", EXCLUDED."is_draft", EXCLUDED."created_at", EXCLUDED."updated_at")
+        WHERE (t."name", t."project_type", t."owner_id", t."start_date", t."end_date", t."is_draft", t."created_at", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."project_type", EXCLUDED."owner_id", EXCLUDED."start_date", EXCLUDED."end_date", EXCLUDED."is_draft", EXCLUDED."created_at", EXCLUDED."updated_at")
+        RETURNING (xmax = 0) INTO v_inserted;
+        IF NEW."project_type" = 'school' THEN
+            INSERT INTO "public"."school_projects" AS t ("project_id", "course_name", "course_code", "teacher_name") VALUES (NEW."id", NEW."course_name", NEW."course_code", NEW."teacher_name")
+        ON CONFLICT ("project_id") DO UPDATE SET ("course_name", "course_code", "teacher_name") = ROW(EXCLUDED."course_name", EXCLUDED."course_code", EXCLUDED."teacher_name")
+        WHERE (t."course_name", t."course_code", t."teacher_name") IS DISTINCT FROM (EXCLUDED."course_name", EXCLUDED."course_code", EXCLUDED."teacher_name");
+        ELSIF TG_OP <> 'INSERT' THEN
+            DELETE FROM "public"."school_projects" WHERE "project_id" = NEW."id";
+        END IF;
+        IF NEW."project_type" = 'self_study' THEN
+            INSERT INTO "public"."self_study_projects" AS t ("project_id", "goal_description", "study_frequency") VALUES (NEW."id", NEW."goal_description", NEW."study_frequency")
+        ON CONFLICT ("project_id") DO UPDATE SET ("goal_description", "study_frequency") = ROW(EXCLUDED."goal_description", EXCLUDED."study_frequency")
+        WHERE (t."goal_description", t."study_frequency") IS DISTINCT FROM (EXCLUDED."goal_description", EXCLUDED."study_frequency");
+        ELSIF TG_OP <> 'INSERT' THEN
+            DELETE FROM "public"."self_study_projects" WHERE "project_id" = NEW."id";
+        END IF;
+        IF NEW."syllabus" IS NULL THEN
+            IF TG_OP <> 'INSERT' THEN
+                DELETE FROM "public"."project_meta" WHERE "project_id" = NEW."id" AND "key" = 'syllabus';
+            END IF;
+        ELSE
+            INSERT INTO "public"."project_meta" AS t ("project_id", "key", "value") VALUES (NEW."id", 'syllabus', to_jsonb(NEW."syllabus"))
+            ON CONFLICT ("project_id", "key") DO UPDATE SET "value" = EXCLUDED."value"
+            WHERE t."value" IS DISTINCT FROM EXCLUDED."value";
+        END IF;
+        -- A quarantined key has no split rows (the handler below removes them), so only a row whose base row
+        -- was missing can be in quarantine; a new legacy row (INSERT) never is (its delete resolved it).
+        IF v_inserted AND TG_OP <> 'INSERT' THEN
+            UPDATE "migrator"."quarantine" SET resolved_at = now()
+             WHERE migration = 'core_project_split' AND key = NEW."id"::text AND resolved_at IS NULL;
+        END IF;
+    EXCEPTION WHEN integrity_constraint_violation OR data_exception THEN
+        -- The block's writes are undone; remove split rows left from an earlier version of the row, so the
+        -- split side never shows stale data for a quarantined key.
+        DELETE FROM "public"."projects" WHERE "id" = NEW."id";
+        INSERT INTO "migrator"."quarantine" AS q (migration, key, sqlstate, message, row_data, source)
+        VALUES ('core_project_split', NEW."id"::text, SQLSTATE, SQLERRM, to_jsonb(NEW), 'trigger')
+        ON CONFLICT (migration, key) DO UPDATE
+           SET sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, row_data = EXCLUDED.row_data,
+               source = EXCLUDED.source, last_seen = now(), resolved_at = NULL;
+    END;
+    PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
     END IF;
     RETURN NULL;
 END

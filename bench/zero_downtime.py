@@ -139,14 +139,33 @@ def pgbench_segment(
     }
 
 
-def latencies(logdir: Path, tag: str) -> list[float]:
-    """Per-transaction latencies (ms) from pgbench's -l logs."""
-    out: list[float] = []
+def transactions(logdir: Path, tag: str) -> list[tuple[float, float]]:
+    """(end time as epoch seconds, latency ms) per transaction from pgbench's -l logs. With -R the latency
+    counts from the scheduled start, so a stall also shows in the transactions queued behind it."""
+    out: list[tuple[float, float]] = []
     for f in logdir.glob(f"{tag}*"):
         for line in f.read_text().splitlines():
             parts = line.split()
-            if len(parts) >= 3 and parts[2].isdigit():
-                out.append(int(parts[2]) / 1000.0)
+            if len(parts) >= 6 and parts[2].isdigit():
+                out.append((int(parts[4]) + int(parts[5]) / 1e6, int(parts[2]) / 1000.0))
+    return out
+
+
+def latencies(logdir: Path, tag: str) -> list[float]:
+    """Per-transaction latencies (ms) from pgbench's -l logs."""
+    return [lat for _, lat in transactions(logdir, tag)]
+
+
+def slow_by_step(txs: list[tuple[float, float]], steps: list[dict[str, Any]], over_ms: float) -> dict[str, Any]:
+    """Where the tail comes from: per lifecycle step, the transactions slower than over_ms that ended during it
+    (or in the gap before the next step), and the slowest."""
+    out: dict[str, Any] = {}
+    for i, st in enumerate(steps):
+        end = steps[i + 1]["start"] if i + 1 < len(steps) else st["end"]
+        lats = [lat for t, lat in txs if st["start"] <= t < end]
+        slow = [lat for lat in lats if lat > over_ms]
+        key = f"{i:02d} {st['step']}"
+        out[key] = {"tx": len(lats), "slow": len(slow), "max_ms": round(max(lats, default=0.0), 1)}
     return out
 
 
@@ -214,15 +233,18 @@ def run_load(
             return totals
 
 
-def lifecycle_steps(spec: Spec, db: Database, backfill_rate: float | None) -> list[tuple[str, Callable[[], object]]]:
-    # A DBA caps the copy's rate on a busy primary; the cap leaves CPU for the application on this 2-core box.
-    bf = backfill.Options(max_rows_per_second=backfill_rate)
+def lifecycle_steps(spec: Spec, db: Database, args: argparse.Namespace) -> list[tuple[str, Callable[[], object]]]:
+    # A DBA caps the long jobs' rates on a busy primary (backfill, validate, the reverse backfill of a rollback
+    # from contracted) and keeps the backfill's chunks short: the caps leave CPU for the application on this
+    # 2-core box, short chunks keep its waits on a chunk's uncommitted rows short.
+    bf = backfill.Options(max_rows_per_second=args.backfill_rate or None, chunk_time=args.chunk_time)
+    val = {"workers": 1, "chunk_rows": 10_000, "max_rows_per_second": args.validate_rate or None}
 
     def ctx(**o: Any) -> Context:
         return Context(spec, db, reporter=NullReporter(), options=o)
 
     def rb() -> object:
-        return lifecycle.rollback(ctx())
+        return lifecycle.rollback(ctx(max_rows_per_second=args.reverse_rate or None))
 
     return [
         ("expand", lambda: expand.apply(ctx())),
@@ -231,9 +253,9 @@ def lifecycle_steps(spec: Spec, db: Database, backfill_rate: float | None) -> li
         ("backfill", lambda: backfill.apply(ctx(backfill=bf))),
         ("rollback backfilled", rb),
         ("backfill", lambda: backfill.apply(ctx(backfill=bf))),
-        ("validate", lambda: validate.apply(ctx())),
+        ("validate", lambda: validate.apply(ctx(**val))),
         ("rollback validated", rb),
-        ("validate", lambda: validate.apply(ctx())),
+        ("validate", lambda: validate.apply(ctx(**val))),
         ("switch-reads", lambda: switch_reads.apply(ctx(percent=100))),
         ("rollback read_new", rb),
         ("switch-reads", lambda: switch_reads.apply(ctx(percent=100))),
@@ -246,11 +268,11 @@ def lifecycle_steps(spec: Spec, db: Database, backfill_rate: float | None) -> li
     ]
 
 
-def run_lifecycle(spec: Spec, db: Database, log: list[dict[str, Any]], backfill_rate: float | None) -> None:
-    for name, fn in lifecycle_steps(spec, db, backfill_rate):
-        t0 = time.monotonic()
+def run_lifecycle(spec: Spec, db: Database, log: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    for name, fn in lifecycle_steps(spec, db, args):
+        t0, start = time.monotonic(), time.time()
         fn()
-        log.append({"step": name, "seconds": round(time.monotonic() - t0, 3)})
+        log.append({"step": name, "seconds": round(time.monotonic() - t0, 3), "start": start, "end": time.time()})
 
 
 LEDGER_CHECK = """
@@ -273,7 +295,12 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200.0, help="pgbench -R: transactions per second")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--baseline-seconds", type=int, default=30)
-    ap.add_argument("--backfill-rate", type=float, default=20000, help="backfill --max-rows-per-second (0: none)")
+    ap.add_argument("--backfill-rate", type=float, default=10000, help="backfill --max-rows-per-second (0: none)")
+    ap.add_argument("--chunk-time", type=float, default=0.02, help="backfill --chunk-time")
+    ap.add_argument("--validate-rate", type=float, default=50000, help="validate --max-rows-per-second (0: none)")
+    ap.add_argument(
+        "--reverse-rate", type=float, default=10000, help="rollback --max-rows-per-second, from contracted (0: none)"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     pgbench = find_pgbench()
@@ -316,7 +343,7 @@ def main() -> None:
 
         def migrate() -> None:
             try:
-                run_lifecycle(spec, db, steps, args.backfill_rate or None)
+                run_lifecycle(spec, db, steps, args)
             except BaseException as exc:
                 errors.append(exc)
             finally:
@@ -331,7 +358,8 @@ def main() -> None:
             )
         worker.join()
         duration_b = time.monotonic() - t0
-        lat_b = latencies(logdir, "b_")
+        txs_b = transactions(logdir, "b_")
+        lat_b = [lat for _, lat in txs_b]
         with psycopg.connect(dsn) as conn:
             lost, differ, zombies, ids = conn.execute(LEDGER_CHECK).fetchone()  # type: ignore[misc]
             final_state = state.read(conn, spec).state
@@ -360,7 +388,9 @@ def main() -> None:
             "max_ms": round(max(lat_b, default=0), 2),
             "seconds": round(duration_b, 1),
             "longest_lock_wait_ms": round(sampler_b.longest * 1000, 1),
-            "steps": steps,
+            "steps": [{k: v for k, v in st.items() if k in ("step", "seconds")} for st in steps],
+            # The tail, step by step: transactions over 1.5x the baseline's p99.
+            "slow_by_step": slow_by_step(txs_b, steps, 1.5 * pct(lat_a, 99)) if steps else {},
             "final_state": final_state,
             "error": str(errors[0]) if errors else None,
         },
@@ -393,6 +423,11 @@ def main() -> None:
             f"ledger check: {led['ids_written']} ids written, lost {led['lost']}, differ {led['differ']}, "
             f"zombies {led['zombies']} (goal 0/0/0)"
         )
+        slow = {k: v for k, v in b["slow_by_step"].items() if v["slow"]}
+        if slow:
+            print(f"transactions over 1.5x the baseline p99 ({1.5 * a['p99_ms']:.2f} ms), by lifecycle step:")
+            for k, v in slow.items():
+                print(f"  {k:24s} {v['slow']:5d} of {v['tx']:5d} tx, slowest {v['max_ms']} ms")
         if b["error"]:
             print(f"lifecycle error: {b['error']}")
         for ex in result["aborted_examples"]:

@@ -356,15 +356,27 @@ def resume(app: App) -> None:
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the full report as JSON.")
 @click.option("--accept-quarantine", is_flag=True, help="Let quarantined rows pass (audited; they stay in legacy).")
 @click.option("--chunk-rows", type=click.IntRange(min=100), help="Keys per compared chunk.")
+@click.option("--workers", type=click.IntRange(min=1), help="Chunks compared at once (default 2).")
+@click.option(
+    "--max-rows-per-second", type=click.FloatRange(min=1), help="Throttle the reads (leaves CPU to the application)."
+)
 @click.option("--reason", help="Why, for the audit log.")
 @examples(
     "migrator validate",
+    "migrator validate --workers 1 --max-rows-per-second 50000",
     "migrator validate --junit validation.xml --report validation.json",
     "migrator validate --accept-quarantine --reason 'legacy rows without a course, agreed with product'",
 )
 @pass_app
 def validate(
-    app: App, junit: str | None, report: str | None, accept_quarantine: bool, chunk_rows: int | None, reason: str | None
+    app: App,
+    junit: str | None,
+    report: str | None,
+    accept_quarantine: bool,
+    chunk_rows: int | None,
+    workers: int | None,
+    max_rows_per_second: float | None,
+    reason: str | None,
 ) -> None:
     """Compare every legacy row with its split rows (chunked: hash, then rows, then columns) and run every
     check in validators/. Exit 0 clean, 1 on any mismatch (naming every id and column). From backfilled, a clean
@@ -382,6 +394,8 @@ def validate(
                     report=report,
                     accept_quarantine=accept_quarantine,
                     chunk_rows=chunk_rows,
+                    workers=workers,
+                    max_rows_per_second=max_rows_per_second,
                     reason=reason,
                 )
             )
@@ -515,16 +529,24 @@ def contract(app: App, quiet_period: float, compat_view: bool, wait: float, reas
 @cli.command()
 @click.option("--to", "to_state", help="Roll back step by step down to this state.")
 @click.option("--drop-tables", is_flag=True, help="From dual_write: also drop the (empty-able) split tables.")
+@click.option(
+    "--max-rows-per-second",
+    type=click.FloatRange(min=1),
+    help="From contracted: throttle the reverse backfill (leaves CPU to the application).",
+)
 @click.option("--reason", help="Why, for the audit log.")
 @examples("migrator rollback", "migrator rollback --to legacy --drop-tables --yes")
 @pass_app
-def rollback(app: App, to_state: str | None, drop_tables: bool, reason: str | None) -> None:
+def rollback(
+    app: App, to_state: str | None, drop_tables: bool, max_rows_per_second: float | None, reason: str | None
+) -> None:
     """Go back one state (or down to --to STATE) without losing a write made meanwhile."""
     from migrator import lifecycle
 
     if drop_tables:
         console.confirm(f"drop the split tables {', '.join(app.spec.split_tables())}?", assume_yes=app.yes)
-    steps = lifecycle.rollback(_context(app, drop_tables=drop_tables, reason=reason), to_state)
+    ctx = _context(app, drop_tables=drop_tables, max_rows_per_second=max_rows_per_second, reason=reason)
+    steps = lifecycle.rollback(ctx, to_state)
     if app.json:
         console.print_json(
             {"event": "done", "command": "rollback", "steps": steps, "state": steps[-1][1] if steps else None}

@@ -30,7 +30,7 @@ from migrator import names, retry, state, triggers
 from migrator.db import Database, scalar
 from migrator.errors import GuardFailed, OperationalError
 from migrator.phases import expand
-from migrator.phases.base import Action, Context, Report, announce, object_name, run_actions
+from migrator.phases.base import Action, Context, RateLimiter, Report, announce, object_name, run_actions
 from migrator.spec import ColumnSpec, Spec
 from migrator.sqlfiles import ident, join, literal, raw, render
 
@@ -399,10 +399,9 @@ class Worker:
         self.db, self.spec, self.opts, self.shared = db, spec, opts, shared
         self.id = f"{socket.gethostname()}:{os.getpid()}:{number}"
         per_worker = opts.max_rows_per_second / max(1, opts.workers) if opts.max_rows_per_second else None
-        self.max_rate = per_worker
-        self.sizer = ChunkSizer(opts.chunk_time, opts.batch_size)
-        self.started = time.monotonic()
+        self.limiter = RateLimiter(per_worker)
         self.copied = 0
+        self.sizer = ChunkSizer(opts.chunk_time, opts.batch_size)
         self.sql_first = chunk_sql(spec, False)
         self.sql_next = chunk_sql(spec, True)
         self.quarantine = render(
@@ -478,7 +477,7 @@ class Worker:
                 self._wait_while_paused(conn)
             if result.finished:
                 return
-            self._rate_limit()
+            self.limiter.done(result.rows)
 
     def _chunk_with_retry(
         self, conn: psycopg.Connection[Any], range_no: int, cursor: str | None, hi: str
@@ -594,13 +593,6 @@ class Worker:
                 self.shared.on_step(f"worker {self.id}: throttled (throttle query returned {value})")
                 announced = True
             time.sleep(1.0)
-
-    def _rate_limit(self) -> None:
-        if not self.max_rate:
-            return
-        due = self.copied / self.max_rate - (time.monotonic() - self.started)
-        if due > 0:
-            time.sleep(min(due, 5.0))
 
 
 def run_workers(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +31,26 @@ MULTI_TABLE_LOCK_TIMEOUT = 0.1
 
 # What psycopg can execute: a plain SQL fragment or a composition of them.
 Query = sql.SQL | sql.Composed
+
+
+class RateLimiter:
+    """Keeps a long job (shared by its threads) at or under `rate` rows per second: after each piece of work,
+    wait until the rows done so far are due. On a busy primary the cap leaves CPU to the application."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self.rows = 0
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def done(self, rows: int) -> None:
+        if not self.rate:
+            return
+        with self._lock:
+            self.rows += rows
+            due = self.rows / self.rate - (time.monotonic() - self.started)
+        if due > 0:
+            time.sleep(min(due, 5.0))
 
 
 def object_name(*parts: str, suffix: str) -> str:

@@ -28,6 +28,7 @@ from migrator.phases.base import (
     MULTI_TABLE_LOCK_TIMEOUT,
     Action,
     Context,
+    RateLimiter,
     Report,
     announce,
     object_name,
@@ -39,6 +40,8 @@ from migrator.sqlfiles import as_text, ident, join, literal, load, plpgsql_funct
 name = "contract"
 
 DEFAULT_QUIET_PERIOD = 60.0
+# Target seconds per reverse-backfill chunk (the legacy rows of a chunk stay locked that long).
+REVERSE_CHUNK_TIME = 0.02
 FK_ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 
 
@@ -303,7 +306,9 @@ def reverse_backfill(ctx: Context, conn: psycopg.Connection[Any]) -> ReverseResu
     )
     result = ReverseResult()
     t0 = time.monotonic()
-    sizer = ChunkSizer(0.1)
+    # Short chunks: pass 2 holds its legacy rows' locks for a chunk's length, and the application waits that long.
+    sizer = ChunkSizer(REVERSE_CHUNK_TIME)
+    limiter = RateLimiter(ctx.options.get("max_rows_per_second"))
     cursor: str | None = None
     # Pass 1, over base keys: rows created after contract get a legacy row. A split write racing this pass may
     # find no legacy row yet (its trigger then changes nothing) or see ours inserted from an older snapshot;
@@ -327,6 +332,7 @@ def reverse_backfill(ctx: Context, conn: psycopg.Connection[Any]) -> ReverseResu
         assert row is not None
         n, last, inserted = int(row[0]), row[1], int(row[2])
         sizer.observe(n, time.monotonic() - c0)
+        limiter.done(n)
         result.inserted += inserted
         ctx.reporter.progress(result.inserted, None, phase="reverse backfill: insert")
         if n < size:
@@ -348,6 +354,7 @@ def reverse_backfill(ctx: Context, conn: psycopg.Connection[Any]) -> ReverseResu
                 result.updated += conn.execute(update, {"keys": keys}).rowcount
                 result.deleted += conn.execute(delete, {"keys": keys, "migration": spec.migration_name}).rowcount
         sizer.observe(len(keys), time.monotonic() - c0)
+        limiter.done(len(keys))
         ctx.reporter.progress(result.updated + result.deleted, None, phase="reverse backfill: update")
         if len(keys) < size:
             break

@@ -39,7 +39,7 @@ from psycopg import sql
 from migrator import names, retry, state, views
 from migrator.db import Database
 from migrator.errors import GuardFailed, TableDoesNotExist, WrongState
-from migrator.phases.base import Action, Context, NullReporter, Query, Report, Reporter
+from migrator.phases.base import Action, Context, NullReporter, Query, RateLimiter, Report, Reporter
 from migrator.reports import JUnitCase, write_json, write_junit
 from migrator.spec import ColumnSpec, Spec
 from migrator.sqlfiles import as_text, ident, join, literal, raw, render_validator, validators_dir
@@ -797,6 +797,7 @@ class Validation:
         *,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         workers: int = DEFAULT_WORKERS,
+        max_rows_per_second: float | None = None,
         reporter: Reporter | None = None,
     ) -> None:
         if chunk_rows < 1:
@@ -804,6 +805,7 @@ class Validation:
         self.db, self.spec = db, spec
         self.chunk_rows = chunk_rows
         self.workers = max(1, workers)
+        self.limiter = RateLimiter(max_rows_per_second)
         self.reporter: Reporter = reporter or NullReporter()
         self.params: dict[str, Any] = {"migration": spec.migration_name}
         self.queries = Queries(spec)
@@ -990,6 +992,7 @@ class Validation:
                     mismatched_chunks=len(mismatched),
                     seconds=round(time.monotonic() - t0, 3),
                 )
+            self.limiter.done(rows + len(chunk.quarantined))
 
         if self.workers == 1 or len(chunks) == 1:
             for chunk in chunks:
@@ -1177,10 +1180,13 @@ def run_validation(
     *,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     workers: int = DEFAULT_WORKERS,
+    max_rows_per_second: float | None = None,
     reporter: Reporter | None = None,
 ) -> ValidationResult:
     """Run every check, read-only, in any state that has split tables; the guard later phases call."""
-    return Validation(db, spec, chunk_rows=chunk_rows, workers=workers, reporter=reporter).run()
+    return Validation(
+        db, spec, chunk_rows=chunk_rows, workers=workers, max_rows_per_second=max_rows_per_second, reporter=reporter
+    ).run()
 
 
 # -- the phase ----------------------------------------------------------------------------------------------------
@@ -1218,6 +1224,7 @@ class Options:
     accept_quarantine: bool = False
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     workers: int = DEFAULT_WORKERS
+    max_rows_per_second: float | None = None
     reason: str | None = None
 
     @classmethod
@@ -1229,6 +1236,7 @@ class Options:
             accept_quarantine=bool(o.get("accept_quarantine", False)),
             chunk_rows=int(o.get("chunk_rows") or DEFAULT_CHUNK_ROWS),
             workers=int(o.get("workers") or DEFAULT_WORKERS),
+            max_rows_per_second=float(o["max_rows_per_second"]) if o.get("max_rows_per_second") else None,
             reason=o.get("reason"),
         )
 
@@ -1248,7 +1256,14 @@ def apply(ctx: Context) -> ValidationResult:
     """
     db, spec, opts = ctx.require_db(), ctx.spec, Options.from_context(ctx)
     with state.transition(db, spec, "validate", ALLOWED_STATES) as tr:
-        result = run_validation(db, spec, chunk_rows=opts.chunk_rows, workers=opts.workers, reporter=ctx.reporter)
+        result = run_validation(
+            db,
+            spec,
+            chunk_rows=opts.chunk_rows,
+            workers=opts.workers,
+            max_rows_per_second=opts.max_rows_per_second,
+            reporter=ctx.reporter,
+        )
         write_reports(result, opts)
         if not result.ok:
             raise ValidationFailed(result, hint="the --report/--junit files list every row; fix them and re-run")

@@ -295,11 +295,11 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200.0, help="pgbench -R: transactions per second")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--baseline-seconds", type=int, default=30)
-    ap.add_argument("--backfill-rate", type=float, default=10000, help="backfill --max-rows-per-second (0: none)")
-    ap.add_argument("--chunk-time", type=float, default=0.02, help="backfill --chunk-time")
+    ap.add_argument("--backfill-rate", type=float, default=5000, help="backfill --max-rows-per-second (0: none)")
+    ap.add_argument("--chunk-time", type=float, default=0.005, help="backfill --chunk-time")
     ap.add_argument("--validate-rate", type=float, default=50000, help="validate --max-rows-per-second (0: none)")
     ap.add_argument(
-        "--reverse-rate", type=float, default=10000, help="rollback --max-rows-per-second, from contracted (0: none)"
+        "--reverse-rate", type=float, default=5000, help="rollback --max-rows-per-second, from contracted (0: none)"
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

@@ -1,1 +1,1 @@
-SELECT l.{pk}::text FROM {legacy} AS l WHERE {lower} ORDER BY l.{pk} LIMIT %(limit)s FOR UPDATE
+SELECT l.{pk}::text FROM {legacy} AS l WHERE l.{pk} = ANY (%(keys)s::{pk_type}[]) ORDER BY l.{pk} FOR UPDATE

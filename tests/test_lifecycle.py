@@ -94,11 +94,20 @@ def test_contracted_rollback_then_readvance_validates_clean(
         "study_frequency) VALUES ('via compat view', 'self_study', 1, 'g', 'daily') "
         "RETURNING id"
     ).fetchone()[0]
+    before = dict(conn.execute("SELECT id, xmax::text FROM core_project_archived").fetchall())
     lifecycle.rollback(_ctx(seeded, projects_spec))
     assert _state(seeded, projects_spec) == "write_new"
     legacy = dict(conn.execute("SELECT id, name FROM core_project WHERE id IN (42, 43, %s)", [new_id]).fetchall())
     assert legacy == {42: "written while contracted", new_id: "via compat view"}
     assert _in_sync(seeded, projects_spec) == []
+    # Only the rows that changed while contracted were locked and written: 42 refreshed, 43 removed.
+    details = conn.execute(
+        "SELECT details FROM migrator.transitions WHERE command = 'rollback' ORDER BY id DESC LIMIT 1"
+    ).fetchone()[0]
+    assert (details["updated"], details["deleted"]) == (1, 1)
+    # ... and no other legacy row was even locked (a row lock writes the locker into the row's xmax).
+    after = dict(conn.execute("SELECT id, xmax::text FROM core_project").fetchall())
+    assert {k for k, v in before.items() if after.get(k) != v} == {42, 43}
     validate.apply(_ctx(seeded, projects_spec))
     _advance(seeded, projects_spec, "contracted")
     assert _state(seeded, projects_spec) == "contracted"

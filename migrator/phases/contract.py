@@ -309,11 +309,24 @@ def reverse_backfill(ctx: Context, conn: psycopg.Connection[Any]) -> ReverseResu
     # Short chunks: pass 2 holds its legacy rows' locks for a chunk's length, and the application waits that long.
     sizer = ChunkSizer(REVERSE_CHUNK_TIME)
     limiter = RateLimiter(ctx.options.get("max_rows_per_second"))
-    cursor: str | None = None
+    _reverse_insert_pass(ctx, conn, sizer, limiter, result)
+    _reverse_refresh_pass(ctx, conn, update, delete, sizer, limiter, result)
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def _reverse_insert_pass(
+    ctx: Context, conn: psycopg.Connection[Any], sizer: ChunkSizer, limiter: RateLimiter, result: ReverseResult
+) -> None:
+    spec = ctx.spec
+    pk, pk_type = ident(spec.pk), raw(spec.source.primary_key_type)
+    cols = spec.legacy_columns()
+    split = views.split_as_legacy(spec)
     # Pass 1, over base keys: rows created after contract get a legacy row. A split write racing this pass may
     # find no legacy row yet (its trigger then changes nothing) or see ours inserted from an older snapshot;
-    # pass 2 locks and refreshes every legacy row afterwards, so neither can survive.
-    cursor = None
+    # pass 2 then finds every legacy row that differs from the split side and refreshes it under lock, so
+    # neither can survive.
+    cursor: str | None = None
     while True:
         lower = sql.SQL("s.{} > %(lo)s::{}").format(pk, pk_type) if cursor is not None else raw("TRUE")
         insert = render(
@@ -338,29 +351,64 @@ def reverse_backfill(ctx: Context, conn: psycopg.Connection[Any]) -> ReverseResu
         if n < size:
             break
         cursor = last
-    # Pass 2, over legacy keys: lock each legacy row first (a concurrent reverse trigger then waits for us and
-    # applies its newer change on top), and only then read the split side, in a later statement and snapshot;
-    # legacy rows whose key left the split side (deleted after contract) are removed.
-    cursor = None
+
+
+def _reverse_refresh_pass(
+    ctx: Context,
+    conn: psycopg.Connection[Any],
+    update: sql.Composed,
+    delete: sql.Composed,
+    sizer: ChunkSizer,
+    limiter: RateLimiter,
+    result: ReverseResult,
+) -> None:
+    spec = ctx.spec
+    pk, pk_type = ident(spec.pk), raw(spec.source.primary_key_type)
+    cols = spec.legacy_columns()
+    split = views.split_as_legacy(spec)
+    # Pass 2, over legacy keys: find the rows that differ (read-only), then lock those legacy rows first (a
+    # concurrent reverse trigger then waits for us and applies its newer change on top) and only then read the
+    # split side, in a later statement and snapshot; legacy rows whose key left the split side (deleted after
+    # contract) are removed. Rows that did not change while contracted are neither locked nor written.
+    legacy_cols = join([sql.SQL("l.{}").format(ident(c)) for c in cols])
+    split_cols = join([sql.SQL("s.{}").format(ident(c)) for c in cols])
+    lock = render("reverse_lock", legacy=names.source(spec), pk=pk, pk_type=pk_type)
+    cursor: str | None = None
     while True:
         lower = sql.SQL("l.{} > %(lo)s::{}").format(pk, pk_type) if cursor is not None else raw("TRUE")
-        lock = render("reverse_lock", legacy=names.source(spec), pk=pk, lower=lower)
+        lower_s = sql.SQL("s.{} > %(lo)s::{}").format(pk, pk_type) if cursor is not None else raw("TRUE")
+        bound = render("reverse_bound", legacy=names.source(spec), pk=pk, lower=lower)
+        candidates = render(
+            "reverse_candidates",
+            legacy=names.source(spec),
+            split=split,
+            pk=pk,
+            pk_type=pk_type,
+            lower=lower,
+            lower_s=lower_s,
+            legacy_cols=legacy_cols,
+            split_cols=split_cols,
+        )
         size = sizer.next()
         c0 = time.monotonic()
         with conn.transaction():
             _chunk_settings(conn)
-            keys = [r[0] for r in conn.execute(lock, {"lo": cursor, "limit": size}).fetchall()]
+            row = conn.execute(bound, {"lo": cursor, "limit": size}).fetchone()
+            assert row is not None
+            n, hi = int(row[0]), row[1]
+            keys: list[str] = []
+            if n:
+                keys = [r[0] for r in conn.execute(candidates, {"lo": cursor, "hi": hi}).fetchall()]
             if keys:
+                keys = [r[0] for r in conn.execute(lock, {"keys": keys}).fetchall()]
                 result.updated += conn.execute(update, {"keys": keys}).rowcount
                 result.deleted += conn.execute(delete, {"keys": keys, "migration": spec.migration_name}).rowcount
-        sizer.observe(len(keys), time.monotonic() - c0)
-        limiter.done(len(keys))
+        sizer.observe(n, time.monotonic() - c0)
+        limiter.done(n)
         ctx.reporter.progress(result.updated + result.deleted, None, phase="reverse backfill: update")
-        if len(keys) < size:
+        if n < size:
             break
-        cursor = keys[-1]
-    result.seconds = time.monotonic() - t0
-    return result
+        cursor = hi
 
 
 def _chunk_settings(conn: psycopg.Connection[Any]) -> None:

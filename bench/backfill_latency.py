@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--baseline-seconds", type=int, default=20)
+    ap.add_argument("--chunk-time", type=float, default=0.1, help="backfill --chunk-time (default: %(default)s)")
+    ap.add_argument("--max-rows-per-second", type=float, default=0, help="backfill cap (0: none)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     pgbench = find_pgbench()
@@ -85,7 +87,17 @@ def main() -> None:
             time.sleep(1.0)
             t0 = time.monotonic()
             try:
-                backfill.apply(Context(spec, db, options={"backfill": backfill.Options()}))
+                backfill.apply(
+                    Context(
+                        spec,
+                        db,
+                        options={
+                            "backfill": backfill.Options(
+                                chunk_time=args.chunk_time, max_rows_per_second=args.max_rows_per_second or None
+                            )
+                        },
+                    )
+                )
             finally:
                 took.append(time.monotonic() - t0)
                 finished.set()

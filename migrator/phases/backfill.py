@@ -30,7 +30,16 @@ from migrator import names, retry, state, triggers
 from migrator.db import Database, scalar
 from migrator.errors import GuardFailed, OperationalError
 from migrator.phases import expand
-from migrator.phases.base import Action, Context, RateLimiter, Report, announce, object_name, run_actions
+from migrator.phases.base import (
+    Action,
+    Context,
+    RateLimiter,
+    Report,
+    announce,
+    check_done,
+    object_name,
+    run_actions,
+)
 from migrator.spec import ColumnSpec, Spec
 from migrator.sqlfiles import ident, join, literal, raw, render
 
@@ -756,10 +765,7 @@ def verify(ctx: Context, conn: psycopg.Connection[Any] | None = None) -> Report:
         "every legacy row is copied or quarantined",
         f"{unsynced:,} legacy rows are neither copied nor quarantined",
     )
-    for action in expand.index_actions(spec, "backfill"):
-        assert action.done_check is not None
-        row = conn.execute(action.done_check).fetchone()
-        report.check(bool(row and row[0]), f"done: {action.description}", f"not done: {action.description}")
+    check_done(report, conn, expand.index_actions(spec, "backfill"))
     return report
 
 

@@ -222,6 +222,14 @@ def run_actions(
             on_step(action, True)
 
 
+def check_done(report: Report, conn: psycopg.Connection[Any], actions: Sequence[Action]) -> None:
+    """Record in `report` whether each action's effect is in place (actions without a done check are skipped)."""
+    for action in actions:
+        if action.done_check is not None:
+            row = conn.execute(action.done_check).fetchone()
+            report.check(bool(row and row[0]), f"done: {action.description}", f"not done: {action.description}")
+
+
 def announce(ctx: Context) -> Callable[[Action, bool], None]:
     def on_step(action: Action, ran: bool) -> None:
         ctx.reporter.step(action.description if ran else f"{action.description} (already done)")

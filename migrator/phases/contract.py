@@ -282,35 +282,13 @@ class ReverseResult:
 
 def reverse_backfill(ctx: Context, conn: psycopg.Connection[Any]) -> ReverseResult:
     """Make every legacy row equal the split rows, chunk by chunk (the split side is the truth now)."""
-    spec = ctx.spec
-    pk, pk_type = ident(spec.pk), raw(spec.source.primary_key_type)
-    cols = spec.legacy_columns()
-    split = views.split_as_legacy(spec)
-    update = render(
-        "reverse_update",
-        legacy=names.source(spec),
-        cols=join([ident(c) for c in cols]),
-        split_cols=join([sql.SQL("s.{}").format(ident(c)) for c in cols]),
-        split=split,
-        pk=pk,
-        pk_type=pk_type,
-        legacy_cols=join([sql.SQL("l.{}").format(ident(c)) for c in cols]),
-    )
-    delete = render(
-        "reverse_delete",
-        legacy=names.source(spec),
-        base=names.split(spec, spec.base.table),
-        pk=pk,
-        pk_type=pk_type,
-        quarantine=names.state(spec, "quarantine"),
-    )
     result = ReverseResult()
     t0 = time.monotonic()
     # Short chunks: pass 2 holds its legacy rows' locks for a chunk's length, and the application waits that long.
     sizer = ChunkSizer(REVERSE_CHUNK_TIME)
     limiter = RateLimiter(ctx.options.get("max_rows_per_second"))
     _reverse_insert_pass(ctx, conn, sizer, limiter, result)
-    _reverse_refresh_pass(ctx, conn, update, delete, sizer, limiter, result)
+    _reverse_refresh_pass(ctx, conn, sizer, limiter, result)
     result.seconds = time.monotonic() - t0
     return result
 
@@ -354,13 +332,7 @@ def _reverse_insert_pass(
 
 
 def _reverse_refresh_pass(
-    ctx: Context,
-    conn: psycopg.Connection[Any],
-    update: sql.Composed,
-    delete: sql.Composed,
-    sizer: ChunkSizer,
-    limiter: RateLimiter,
-    result: ReverseResult,
+    ctx: Context, conn: psycopg.Connection[Any], sizer: ChunkSizer, limiter: RateLimiter, result: ReverseResult
 ) -> None:
     spec = ctx.spec
     pk, pk_type = ident(spec.pk), raw(spec.source.primary_key_type)
@@ -373,6 +345,24 @@ def _reverse_refresh_pass(
     legacy_cols = join([sql.SQL("l.{}").format(ident(c)) for c in cols])
     split_cols = join([sql.SQL("s.{}").format(ident(c)) for c in cols])
     lock = render("reverse_lock", legacy=names.source(spec), pk=pk, pk_type=pk_type)
+    update = render(
+        "reverse_update",
+        legacy=names.source(spec),
+        cols=join([ident(c) for c in cols]),
+        split_cols=split_cols,
+        split=split,
+        pk=pk,
+        pk_type=pk_type,
+        legacy_cols=legacy_cols,
+    )
+    delete = render(
+        "reverse_delete",
+        legacy=names.source(spec),
+        base=names.split(spec, spec.base.table),
+        pk=pk,
+        pk_type=pk_type,
+        quarantine=names.state(spec, "quarantine"),
+    )
     cursor: str | None = None
     while True:
         lower = sql.SQL("l.{} > %(lo)s::{}").format(pk, pk_type) if cursor is not None else raw("TRUE")

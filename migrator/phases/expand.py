@@ -16,7 +16,7 @@ from psycopg import sql
 from migrator import names, state, triggers
 from migrator.db import scalar
 from migrator.errors import GuardFailed, OperationalError, TableDoesNotExist
-from migrator.phases.base import Action, Context, Report, announce, object_name, run_actions
+from migrator.phases.base import Action, Context, Report, announce, check_done, object_name, run_actions
 from migrator.spec import ColumnSpec, Spec, split_table_columns
 from migrator.sqlfiles import as_text, ident, join, literal, load, raw, render
 
@@ -314,10 +314,7 @@ def verify(ctx: Context, conn: psycopg.Connection[Any] | None = None) -> Report:
     for table in spec.split_tables():
         exists = bool(scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", [as_text(names.split(spec, table))]))
         report.check(exists, f"table {table} exists", f"table {table} is missing")
-    for action in table_actions(spec, None):
-        if action.done_check is not None:
-            row = conn.execute(action.done_check).fetchone()
-            report.check(bool(row and row[0]), f"done: {action.description}", f"not done: {action.description}")
+    check_done(report, conn, table_actions(spec, None))
     enabled = dict(
         conn.execute(
             load("trigger_state"),

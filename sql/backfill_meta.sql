@@ -3,6 +3,5 @@ meta_ins AS (
     SELECT s.{pk}, kv.k, kv.v FROM src AS s JOIN base_ins AS b ON b.{pk} = s.{pk}
          CROSS JOIN LATERAL (VALUES {pairs}) AS kv (k, v)
      WHERE kv.v IS NOT NULL
-     ORDER BY s.{pk}, kv.k
-    ON CONFLICT DO NOTHING
+     ORDER BY s.{pk}, kv.k{on_conflict}
 )

@@ -240,15 +240,22 @@ def _race(
     return while_held
 
 
-def _naive(monkeypatch: pytest.MonkeyPatch, old: str, new: str) -> None:
+def _naive(monkeypatch: pytest.MonkeyPatch, *edits: tuple[str, str], careful: bool = False) -> set[str]:
+    """Patch the chunk's SQL (every form; with careful=True every form is the careful one) with the edits; returns
+    the set of the edits' old texts it found."""
     real = backfill.chunk_sql
+    found: set[str] = set()
 
-    def patched(spec: Spec, has_cursor: bool) -> Any:
-        text = real(spec, has_cursor).as_string(None)
-        assert old in text
-        return psycopg.sql.SQL(text.replace(old, new))  # type: ignore[arg-type]
+    def patched(spec: Spec, has_cursor: bool, careful_form: bool = False) -> Any:
+        text = real(spec, has_cursor, careful or careful_form).as_string(None)
+        for old, new in edits:
+            if old in text:
+                found.add(old)
+                text = text.replace(old, new)
+        return psycopg.sql.SQL(text)  # type: ignore[arg-type]
 
     monkeypatch.setattr(backfill, "chunk_sql", patched)
+    return found
 
 
 @pytest.mark.parametrize("naive", [False, True], ids=["for-key-share", "naive-no-lock"])
@@ -257,14 +264,71 @@ def test_race_delete_during_chunk_leaves_no_zombie(
 ) -> None:
     """Rule 2: a DELETE committed between the chunk's read and its insert waits for the chunk (FOR KEY SHARE)
     and its trigger removes the copy; without the lock the copy survives as a zombie."""
-    if naive:
-        _naive(monkeypatch, "FOR KEY SHARE", "")
+    found = _naive(monkeypatch, ("FOR KEY SHARE\n", "\n")) if naive else {"not patched"}
     did_not_wait = _race(
         expanded, projects_spec, conn, database_url, lambda a: a.execute("DELETE FROM core_project WHERE id = %s", [K1])
     )
     zombie = conn.execute("SELECT count(*) FROM projects WHERE id = %s", [K1]).fetchone()[0]
+    assert found
     assert did_not_wait == naive
     assert zombie == (1 if naive else 0)
+
+
+def _orphans(conn: psycopg.Connection[Any]) -> int:
+    """Base rows whose owner is not in auth_user."""
+    return int(
+        conn.execute(
+            "SELECT count(*) FROM projects p WHERE NOT EXISTS (SELECT 1 FROM auth_user u WHERE u.id = p.owner_id)"
+        ).fetchone()[0]  # type: ignore[index]
+    )
+
+
+@pytest.mark.parametrize("triggers_off", [True, False], ids=["fk-triggers-off", "no-privilege"])
+def test_rows_whose_fk_target_is_missing_are_quarantined(
+    expanded: Database, projects_spec: Spec, conn: Any, triggers_off: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A legacy row whose owner does not exist (legacy without the FK) is quarantined as 23503, never copied —
+    whether the chunks may turn the FK triggers off or not."""
+    if not triggers_off:
+        monkeypatch.setattr(backfill, "may_skip_fk_triggers", lambda conn: False)
+    conn.execute("ALTER TABLE core_project DROP CONSTRAINT core_project_owner_id_fkey")
+    conn.execute("UPDATE core_project SET owner_id = -1 WHERE id = %s", [K1])
+    backfill.apply(_ctx(expanded, projects_spec, batch_size=500))
+    assert quarantined(conn, projects_spec).get(str(K1)) == "23503"
+    assert _orphans(conn) == 0
+    assert _unsynced(conn, projects_spec) == 0
+
+
+def test_verify_finds_a_base_row_pointing_at_a_missing_row(expanded: Database, projects_spec: Spec, conn: Any) -> None:
+    """backfill's verify checks every foreign key as VALIDATE would: an orphan slipped in with triggers off fails."""
+    backfill.apply(_ctx(expanded, projects_spec))
+    assert backfill.verify(_ctx(expanded, projects_spec)).ok
+    with conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute("UPDATE projects SET owner_id = -5 WHERE id = (SELECT min(id) FROM projects)")
+    report = backfill.verify(_ctx(expanded, projects_spec))
+    assert not report.ok
+    assert any("missing auth_user" in f for f in report.failures)
+
+
+@pytest.mark.parametrize("naive", [False, True], ids=["fk-target-locked", "naive-unlocked"])
+def test_race_fk_target_deleted_during_chunk_leaves_no_orphan(
+    expanded: Database, projects_spec: Spec, conn: Any, database_url: str, naive: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunk checks foreign keys itself: it locks the referenced rows FOR KEY SHARE, so a user deleted while the
+    chunk runs waits and then cascades to the copy; without that lock the copy points at a deleted user."""
+    found = _naive(monkeypatch, ("\n       FOR KEY SHARE OF r", "")) if naive else {"not patched"}
+    conn.execute("ALTER TABLE core_project DROP CONSTRAINT core_project_owner_id_fkey")
+    user = conn.execute(
+        "INSERT INTO auth_user (username, email) VALUES ('racer', 'racer@example.com') RETURNING id"
+    ).fetchone()[0]
+    conn.execute("UPDATE core_project SET owner_id = %s WHERE id = %s", [user, K1])
+    did_not_wait = _race(
+        expanded, projects_spec, conn, database_url, lambda a: a.execute("DELETE FROM auth_user WHERE id = %s", [user])
+    )
+    assert found
+    assert did_not_wait == naive
+    assert _orphans(conn) == (1 if naive else 0)
 
 
 @pytest.mark.parametrize("naive", [False, True], ids=["do-nothing", "naive-overwrite"])
@@ -273,12 +337,12 @@ def test_race_update_during_chunk_is_not_lost(
 ) -> None:
     """Rule 1: an UPDATE committed while a chunk holds a stale copy wins; a backfill that overwrote would lose
     it."""
+    found: set[str] = set()
     if naive:
-        _naive(
-            monkeypatch,
-            "WHERE NOT s.invalid\n    ON CONFLICT DO NOTHING",
-            'WHERE NOT s.invalid\n    ON CONFLICT ("id") DO UPDATE SET "name" = EXCLUDED."name"',
-        )
+        # The careful form (ON CONFLICT everywhere), its base insert overwriting instead of doing nothing.
+        old = "\n    ON CONFLICT DO NOTHING\n    RETURNING"
+        new = '\n    ON CONFLICT ("id") DO UPDATE SET "name" = EXCLUDED."name"\n    RETURNING'
+        found = _naive(monkeypatch, (old, new), careful=True)
     _race(
         expanded,
         projects_spec,
@@ -287,6 +351,7 @@ def test_race_update_during_chunk_is_not_lost(
         lambda a: a.execute("UPDATE core_project SET name = 'app wins' WHERE id = %s", [K1]),
     )
     name = conn.execute("SELECT name FROM projects WHERE id = %s", [K1]).fetchone()[0]
+    assert len(found) == (1 if naive else 0)
     assert (name == "app wins") != naive
 
 
@@ -296,11 +361,15 @@ def test_race_type_change_during_chunk_leaves_one_child(
 ) -> None:
     """Rules 1+3: a type change committed while a chunk holds the old type leaves exactly the new child; a
     backfill that wrote children regardless of its base insert would add the stale one."""
+    found = {"not patched"}
     if naive:
-        _naive(
+        found = _naive(
             monkeypatch,
-            'JOIN base_ins AS b ON b."id" = s."id"\n     WHERE s."project_type" = \'school\'',
-            'JOIN src AS b ON b."id" = s."id" AND NOT b.invalid\n     WHERE s."project_type" = \'school\'',
+            (
+                'JOIN base_ins AS b ON b."id" = s."id"\n     WHERE s."project_type" = \'school\'',
+                'JOIN src AS b ON b."id" = s."id" AND NOT b.invalid\n     WHERE s."project_type" = \'school\'',
+            ),
+            careful=True,
         )
     _race(
         expanded,
@@ -318,6 +387,7 @@ def test_race_type_change_during_chunk_leaves_one_child(
         "(SELECT count(*) FROM self_study_projects WHERE project_id = %s)",
         [K1, K1],
     ).fetchone()
+    assert found
     assert children[0] == (2 if naive else 1)
 
 

@@ -1,4 +1,4 @@
--- ===== phase: backfill (6 steps) =====
+-- ===== phase: backfill (7 steps) =====
 
 -- plan key ranges (once): upper bound, row count, boundaries for parallel workers
 BEGIN;
@@ -8,7 +8,7 @@ SELECT (SELECT l."payment_uuid" FROM "billing"."legacy_payments" AS l ORDER BY l
        (SELECT (percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY l."payment_uuid"))::text[] FROM "billing"."legacy_payments" AS l);
 COMMIT;
 
--- copy one chunk (repeated; keyset on the primary key; FOR KEY SHARE; ON CONFLICT DO NOTHING)
+-- copy one chunk (repeated; keyset on the primary key; FOR KEY SHARE; only rows not copied yet; foreign keys checked set-based, their triggers off where the role may set session_replication_role)
 BEGIN;
 SET LOCAL lock_timeout = '50ms';
 SET LOCAL statement_timeout = '60000ms';
@@ -21,7 +21,48 @@ WITH src AS MATERIALIZED (
        FOR KEY SHARE
 ), base_ins AS (
     INSERT INTO "billing_v2"."payments" ("payment_uuid", "method", "amount", "currency", "paid_at")
-    SELECT s."payment_uuid", s."method", s."amount", s."currency", s."paid_at" FROM src AS s WHERE NOT s.invalid
+    SELECT s."payment_uuid", s."method", s."amount", s."currency", s."paid_at" FROM src AS s WHERE NOT s.invalid AND TRUE
+       AND NOT EXISTS (SELECT FROM "billing_v2"."payments" AS b WHERE b."payment_uuid" = s."payment_uuid" OFFSET 0)
+    RETURNING "payment_uuid"
+),
+"v0" AS (
+    INSERT INTO "billing_v2"."card_payments" ("payment_uuid", "card_last4", "card_brand")
+    SELECT s."payment_uuid", s."card_last4", coalesce(s."card_brand", 'unknown'::text) FROM src AS s JOIN base_ins AS b ON b."payment_uuid" = s."payment_uuid"
+     WHERE s."method" = 'card'
+     ORDER BY s."payment_uuid"
+),
+"v1" AS (
+    INSERT INTO "billing_v2"."bank_transfers" ("payment_uuid", "iban", "bic")
+    SELECT s."payment_uuid", s."iban", s."bic" FROM src AS s JOIN base_ins AS b ON b."payment_uuid" = s."payment_uuid"
+     WHERE s."method" = 'bank_transfer'
+     ORDER BY s."payment_uuid"
+),
+meta_ins AS (
+    INSERT INTO "billing_v2"."payment_attributes" ("payment_uuid", "name", "data")
+    SELECT s."payment_uuid", kv.k, kv.v FROM src AS s JOIN base_ins AS b ON b."payment_uuid" = s."payment_uuid"
+         CROSS JOIN LATERAL (VALUES ('gateway_response', to_jsonb(s."gateway_response")), ('notes', to_jsonb(s."notes")), ('retries', to_jsonb(s."retries"))) AS kv (k, v)
+     WHERE kv.v IS NOT NULL
+     ORDER BY s."payment_uuid", kv.k
+)
+SELECT count(*), (SELECT s2."payment_uuid" FROM src AS s2 ORDER BY s2."payment_uuid" DESC LIMIT 1)::text, (SELECT count(*) FROM base_ins),
+       coalesce(array_agg(s."payment_uuid"::text) FILTER (WHERE s.invalid OR NOT TRUE), '{}')
+  FROM src AS s;
+COMMIT;
+
+-- a chunk that met a row a trigger wrote meanwhile (unique violation): redone, and the next 10 chunks run, with ON CONFLICT DO NOTHING
+BEGIN;
+SET LOCAL lock_timeout = '50ms';
+SET LOCAL statement_timeout = '60000ms';
+WITH src AS MATERIALIZED (
+    SELECT l."payment_uuid", l."method", l."amount", l."currency", l."paid_at", l."card_last4", l."card_brand", l."iban", l."bic", l."gateway_response", l."notes", l."retries", (l."method" IS NULL OR l."method" NOT IN ('card', 'bank_transfer') OR l."amount" IS NULL OR l."currency" IS NULL OR (l."method" = 'card' AND l."card_last4" IS NULL) OR (l."method" = 'bank_transfer' AND l."iban" IS NULL)) AS invalid
+      FROM "billing"."legacy_payments" AS l
+     WHERE l."payment_uuid" > $1::uuid AND l."payment_uuid" <= $2::uuid
+     ORDER BY l."payment_uuid"
+     LIMIT $3
+       FOR KEY SHARE
+), base_ins AS (
+    INSERT INTO "billing_v2"."payments" ("payment_uuid", "method", "amount", "currency", "paid_at")
+    SELECT s."payment_uuid", s."method", s."amount", s."currency", s."paid_at" FROM src AS s WHERE NOT s.invalid AND TRUE
     ON CONFLICT DO NOTHING
     RETURNING "payment_uuid"
 ),
@@ -48,7 +89,7 @@ meta_ins AS (
     ON CONFLICT DO NOTHING
 )
 SELECT count(*), (SELECT s2."payment_uuid" FROM src AS s2 ORDER BY s2."payment_uuid" DESC LIMIT 1)::text, (SELECT count(*) FROM base_ins),
-       coalesce(array_agg(s."payment_uuid"::text) FILTER (WHERE s.invalid), '{}')
+       coalesce(array_agg(s."payment_uuid"::text) FILTER (WHERE s.invalid OR NOT TRUE), '{}')
   FROM src AS s;
 COMMIT;
 

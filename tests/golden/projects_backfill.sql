@@ -1,4 +1,4 @@
--- ===== phase: backfill (7 steps) =====
+-- ===== phase: backfill (8 steps) =====
 
 -- plan key ranges (once): upper bound, row count, boundaries for parallel workers
 BEGIN;
@@ -8,7 +8,7 @@ SELECT (SELECT l."id" FROM "public"."core_project" AS l ORDER BY l."id" DESC LIM
        (SELECT (percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY l."id"))::text[] FROM "public"."core_project" AS l);
 COMMIT;
 
--- copy one chunk (repeated; keyset on the primary key; FOR KEY SHARE; ON CONFLICT DO NOTHING)
+-- copy one chunk (repeated; keyset on the primary key; FOR KEY SHARE; only rows not copied yet; foreign keys checked set-based, their triggers off where the role may set session_replication_role)
 BEGIN;
 SET LOCAL lock_timeout = '50ms';
 SET LOCAL statement_timeout = '60000ms';
@@ -19,9 +19,60 @@ WITH src AS MATERIALIZED (
      ORDER BY l."id"
      LIMIT $3
        FOR KEY SHARE
+),
+"fk0" AS (
+    SELECT r."id" AS k FROM "public"."auth_user" AS r
+     WHERE r."id" IN (SELECT s."owner_id" FROM src AS s WHERE NOT s.invalid)
+       FOR KEY SHARE OF r
 ), base_ins AS (
     INSERT INTO "public"."projects" ("id", "name", "project_type", "owner_id", "start_date", "end_date", "is_draft", "created_at", "updated_at")
-    SELECT s."id", s."name", s."project_type", s."owner_id", s."start_date", s."end_date", s."is_draft", s."created_at", s."updated_at" FROM src AS s WHERE NOT s.invalid
+    SELECT s."id", s."name", s."project_type", s."owner_id", s."start_date", s."end_date", s."is_draft", s."created_at", s."updated_at" FROM src AS s WHERE NOT s.invalid AND (s."owner_id" IS NULL OR s."owner_id" IN (SELECT k FROM "fk0"))
+       AND NOT EXISTS (SELECT FROM "public"."projects" AS b WHERE b."id" = s."id" OFFSET 0)
+    RETURNING "id"
+),
+"v0" AS (
+    INSERT INTO "public"."school_projects" ("project_id", "course_name", "course_code", "teacher_name")
+    SELECT s."id", s."course_name", s."course_code", s."teacher_name" FROM src AS s JOIN base_ins AS b ON b."id" = s."id"
+     WHERE s."project_type" = 'school'
+     ORDER BY s."id"
+),
+"v1" AS (
+    INSERT INTO "public"."self_study_projects" ("project_id", "goal_description", "study_frequency")
+    SELECT s."id", s."goal_description", s."study_frequency" FROM src AS s JOIN base_ins AS b ON b."id" = s."id"
+     WHERE s."project_type" = 'self_study'
+     ORDER BY s."id"
+),
+meta_ins AS (
+    INSERT INTO "public"."project_meta" ("project_id", "key", "value")
+    SELECT s."id", kv.k, kv.v FROM src AS s JOIN base_ins AS b ON b."id" = s."id"
+         CROSS JOIN LATERAL (VALUES ('syllabus', to_jsonb(s."syllabus"))) AS kv (k, v)
+     WHERE kv.v IS NOT NULL
+     ORDER BY s."id", kv.k
+)
+SELECT count(*), (SELECT s2."id" FROM src AS s2 ORDER BY s2."id" DESC LIMIT 1)::text, (SELECT count(*) FROM base_ins),
+       coalesce(array_agg(s."id"::text) FILTER (WHERE s.invalid OR NOT (s."owner_id" IS NULL OR s."owner_id" IN (SELECT k FROM "fk0"))), '{}')
+  FROM src AS s;
+COMMIT;
+
+-- a chunk that met a row a trigger wrote meanwhile (unique violation): redone, and the next 10 chunks run, with ON CONFLICT DO NOTHING
+BEGIN;
+SET LOCAL lock_timeout = '50ms';
+SET LOCAL statement_timeout = '60000ms';
+WITH src AS MATERIALIZED (
+    SELECT l."id", l."name", l."project_type", l."owner_id", l."start_date", l."end_date", l."is_draft", l."created_at", l."updated_at", l."course_name", l."course_code", l."teacher_name", l."goal_description", l."study_frequency", l."syllabus", (l."project_type" IS NULL OR l."project_type" NOT IN ('school', 'self_study') OR l."name" IS NULL OR l."owner_id" IS NULL OR l."is_draft" IS NULL OR l."created_at" IS NULL OR l."updated_at" IS NULL OR (l."project_type" = 'school' AND l."course_name" IS NULL) OR (l."project_type" = 'school' AND l."course_code" IS NULL) OR (l."project_type" = 'school' AND l."teacher_name" IS NULL) OR (l."project_type" = 'self_study' AND l."goal_description" IS NULL) OR (l."project_type" = 'self_study' AND l."study_frequency" IS NULL)) AS invalid
+      FROM "public"."core_project" AS l
+     WHERE l."id" > $1::bigint AND l."id" <= $2::bigint
+     ORDER BY l."id"
+     LIMIT $3
+       FOR KEY SHARE
+),
+"fk0" AS (
+    SELECT r."id" AS k FROM "public"."auth_user" AS r
+     WHERE r."id" IN (SELECT s."owner_id" FROM src AS s WHERE NOT s.invalid)
+       FOR KEY SHARE OF r
+), base_ins AS (
+    INSERT INTO "public"."projects" ("id", "name", "project_type", "owner_id", "start_date", "end_date", "is_draft", "created_at", "updated_at")
+    SELECT s."id", s."name", s."project_type", s."owner_id", s."start_date", s."end_date", s."is_draft", s."created_at", s."updated_at" FROM src AS s WHERE NOT s.invalid AND (s."owner_id" IS NULL OR s."owner_id" IN (SELECT k FROM "fk0"))
     ON CONFLICT DO NOTHING
     RETURNING "id"
 ),
@@ -48,7 +99,7 @@ meta_ins AS (
     ON CONFLICT DO NOTHING
 )
 SELECT count(*), (SELECT s2."id" FROM src AS s2 ORDER BY s2."id" DESC LIMIT 1)::text, (SELECT count(*) FROM base_ins),
-       coalesce(array_agg(s."id"::text) FILTER (WHERE s.invalid), '{}')
+       coalesce(array_agg(s."id"::text) FILTER (WHERE s.invalid OR NOT (s."owner_id" IS NULL OR s."owner_id" IN (SELECT k FROM "fk0"))), '{}')
   FROM src AS s;
 COMMIT;
 

@@ -304,9 +304,18 @@ def _reverse_insert_pass(
     # find no legacy row yet (its trigger then changes nothing) or see ours inserted from an older snapshot;
     # pass 2 then finds every legacy row that differs from the split side and refreshes it under lock, so
     # neither can survive.
+    # Each chunk's upper key comes from the base table's primary key first, so the chunk reads a closed key range.
+    base = names.split(spec, spec.base.table)
     cursor: str | None = None
     while True:
-        lower = sql.SQL("s.{} > %(lo)s::{}").format(pk, pk_type) if cursor is not None else raw("TRUE")
+        upper = sql.SQL("s.{} <= %(hi)s::{}").format(pk, pk_type)
+        lower = sql.SQL("s.{} > %(lo)s::{} AND {}").format(pk, pk_type, upper) if cursor is not None else upper
+        bound = render(
+            "reverse_bound",
+            legacy=base,
+            pk=pk,
+            lower=sql.SQL("l.{} > %(lo)s::{}").format(pk, pk_type) if cursor is not None else raw("TRUE"),
+        )
         insert = render(
             "reverse_insert",
             split=split,
@@ -317,18 +326,23 @@ def _reverse_insert_pass(
         )
         size = sizer.next()
         c0 = time.monotonic()
+        n, inserted = 0, 0
         with conn.transaction():
             _chunk_settings(conn)
-            row = conn.execute(insert, {"lo": cursor, "limit": size}).fetchone()
-        assert row is not None
-        n, last, inserted = int(row[0]), row[1], int(row[2])
+            row = conn.execute(bound, {"lo": cursor, "limit": size}).fetchone()
+            assert row is not None
+            n, hi = int(row[0]), row[1]
+            if n:
+                out = conn.execute(insert, {"lo": cursor, "hi": hi, "limit": size}).fetchone()
+                assert out is not None
+                inserted = int(out[2])
         sizer.observe(n, time.monotonic() - c0)
         limiter.done(n)
         result.inserted += inserted
         ctx.reporter.progress(result.inserted, None, phase="reverse backfill: insert")
         if n < size:
             break
-        cursor = last
+        cursor = hi
 
 
 def _reverse_refresh_pass(
@@ -403,7 +417,13 @@ def _reverse_refresh_pass(
 
 def _chunk_settings(conn: psycopg.Connection[Any]) -> None:
     # origin = split: these legacy writes come from the split side, the forward triggers must not echo them.
-    conn.execute("SELECT set_config('lock_timeout', '5s', true), set_config('migrator.origin', 'split', true)")
+    # A chunk joins a few hundred base rows to their children: index probes per row, whatever the statistics say
+    # (the split tables are often never analyzed here). A merge or hash join reads each child table from its start
+    # (or whole) once per chunk, so the pass would slow down with every chunk.
+    conn.execute(
+        "SELECT set_config('lock_timeout', '5s', true), set_config('migrator.origin', 'split', true), "
+        "set_config('enable_mergejoin', 'off', true), set_config('enable_hashjoin', 'off', true)"
+    )
 
 
 def rollback(ctx: Context) -> None:

@@ -177,6 +177,26 @@ def test_contract_refuses_while_legacy_is_written(
     assert _state(seeded, projects_spec) == "write_new"
 
 
+def test_contract_refuses_when_a_reference_points_at_a_quarantined_row(
+    seeded: Database, projects_spec: Spec, conn: Any, run_cli: Any, database_url: str
+) -> None:
+    """contract exits 1 naming the keys, before any DDL, when a referencing row points at a legacy row that has no
+    split row (accepted quarantine); once that row is fixed, contract goes through."""
+    conn.execute("UPDATE core_project SET course_name = NULL WHERE id = 7 AND project_type = 'school'")
+    conn.execute("UPDATE core_project SET goal_description = NULL WHERE id = 7 AND project_type = 'self_study'")
+    conn.execute("INSERT INTO core_importantdate (project_id, title, date) VALUES (7, 'exam', current_date)")
+    _advance(seeded, projects_spec, "write_new")
+    r = run_cli("--dsn", database_url, "--yes", "contract", "--quiet-period", "0")
+    assert r.exit_code == 1
+    assert "core_importantdate.project_id references core_project rows" in r.stderr
+    assert "keys 7" in r.stderr
+    assert _state(seeded, projects_spec) == "write_new"
+    conn.execute("UPDATE core_project SET course_name = 'c', goal_description = 'g' WHERE id = 7")
+    r = run_cli("--dsn", database_url, "--yes", "contract", "--quiet-period", "0")
+    assert r.exit_code == 0, r.stderr
+    assert _state(seeded, projects_spec) == "contracted"
+
+
 def test_multi_statement_split_transaction_reaches_legacy(seeded: Database, projects_spec: Spec, conn: Any) -> None:
     """A transaction that inserts the base row, then the child, then meta, leaves one complete legacy row."""
     _advance(seeded, projects_spec, "write_new")

@@ -183,6 +183,7 @@ def apply(ctx: Context) -> None:
                 hint="fix them in the application, or accept them with `migrator validate "
                 "--accept-quarantine` (they stay in the archive only)",
             )
+        _require_references_covered(spec, tr.conn)
         _wait_for_quiet(ctx, tr.conn, quiet, float(ctx.options.get("wait", 0)))
         actions = plan(ctx, tr.conn)
         run_actions(tr.conn, actions, on_step=announce(ctx), lock_timeout=ctx.lock_timeout)
@@ -191,6 +192,27 @@ def apply(ctx: Context) -> None:
             reason=ctx.options.get("reason"),
             details={"archive": archive_name(spec), "compat_view": bool(ctx.options.get("compat_view"))},
         )
+
+
+def _require_references_covered(spec: Spec, conn: psycopg.Connection[Any]) -> None:
+    """Every row of a referencing table must point at a base row, or re-pointing its FK fails half-way: a row that
+    references an accepted-quarantine legacy row (it has no split row) would stop the VALIDATE with a raw 23503."""
+    base = names.split(spec, spec.base.table)
+    for fk in references(spec, conn, "legacy"):
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT r.{col}::text FROM {table} AS r WHERE r.{col} IS NOT NULL "
+                "AND NOT EXISTS (SELECT FROM {base} AS b WHERE b.{pk} = r.{col}) LIMIT 6"
+            ).format(col=ident(fk.column), table=fk.table, base=base, pk=ident(spec.pk))
+        ).fetchall()
+        if rows:
+            keys = ", ".join(r[0] for r in rows[:5]) + (", …" if len(rows) > 5 else "")
+            raise GuardFailed(
+                f"`contract` refused: {fk.table_text}.{fk.column} references {spec.source.table} rows that have no "
+                f"{spec.base.table} row (keys {keys}) — the FK cannot be re-pointed",
+                hint=f"fix those {spec.source.table} rows (they are in quarantine) or delete the {fk.table_text} "
+                "rows that reference them, then run `migrator contract` again",
+            )
 
 
 def _wait_for_quiet(ctx: Context, conn: psycopg.Connection[Any], quiet: float, wait: float) -> None:

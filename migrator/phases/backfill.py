@@ -37,6 +37,7 @@ from migrator.phases.base import (
     Context,
     RateLimiter,
     Report,
+    after_cursor,
     announce,
     check_done,
     object_name,
@@ -189,7 +190,7 @@ def chunk_sql(spec: Spec, has_cursor: bool, careful: bool = False) -> sql.Compos
     the chunk's rows after that probe makes the plain INSERT fail with a unique violation, never overwrite; the
     worker then runs the chunk again in the careful form, ON CONFLICT DO NOTHING everywhere (rule 1 either way)."""
     pk, pk_type, link = spec.pk, raw(spec.source.primary_key_type), spec.base.link_column
-    lower = sql.SQL("l.{} > %(lo)s::{}").format(ident(pk), pk_type) if has_cursor else raw("TRUE")
+    lower = after_cursor(spec, "l", has_cursor)
     on_conflict = raw("\n    ON CONFLICT DO NOTHING") if careful else raw("")
     base = names.split(spec, spec.base.table)
     # OFFSET 0 keeps the probe a per-row subplan on the primary key: an anti-join could be planned as a hash join
@@ -296,7 +297,7 @@ def _keys_sql(spec: Spec, template: str) -> sql.Composed:
 
 def _lock_range_sql(spec: Spec, has_cursor: bool) -> sql.Composed:
     pk_type = raw(spec.source.primary_key_type)
-    lower = sql.SQL("l.{} > %(lo)s::{}").format(ident(spec.pk), pk_type) if has_cursor else raw("TRUE")
+    lower = after_cursor(spec, "l", has_cursor)
     return render("backfill_lock_range", legacy=names.source(spec), pk=ident(spec.pk), pk_type=pk_type, lower=lower)
 
 

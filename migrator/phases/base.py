@@ -20,7 +20,7 @@ from psycopg import sql
 from migrator import retry
 from migrator.db import DEFAULT_LOCK_TIMEOUT, Database
 from migrator.spec import Spec
-from migrator.sqlfiles import as_text, literal, raw
+from migrator.sqlfiles import as_text, ident, literal, raw
 
 PG_MAX_IDENT_BYTES = 63
 # A transaction that locks both the legacy and the split tables meets application transactions that lock them in
@@ -51,6 +51,14 @@ class RateLimiter:
             due = self.rows / self.rate - (time.monotonic() - self.started)
         if due > 0:
             time.sleep(min(due, 5.0))
+
+
+def after_cursor(spec: Spec, alias: str, has_cursor: bool) -> sql.Composable:
+    """The keyset condition of a chunk: `alias.pk > %(lo)s`, or TRUE for a range's first chunk."""
+    if not has_cursor:
+        return raw("TRUE")
+    # alias is one of our own fixed table aliases ("l", "s"), written as the templates write it
+    return sql.SQL("{}.{} > %(lo)s::{}").format(raw(alias), ident(spec.pk), raw(spec.source.primary_key_type))
 
 
 def object_name(*parts: str, suffix: str) -> str:

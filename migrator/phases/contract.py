@@ -30,6 +30,7 @@ from migrator.phases.base import (
     Context,
     RateLimiter,
     Report,
+    after_cursor,
     announce,
     object_name,
     run_actions,
@@ -328,27 +329,28 @@ def _reverse_insert_pass(
     # neither can survive.
     # Each chunk's upper key comes from the base table's primary key first, so the chunk reads a closed key range.
     base = names.split(spec, spec.base.table)
+    upper = sql.SQL("s.{} <= %(hi)s::{}").format(pk, pk_type)
+    # (bound, insert) for a first chunk and for the ones after a cursor
+    stmts = {
+        first: (
+            render("reverse_bound", legacy=base, pk=pk, lower=after_cursor(spec, "l", not first)),
+            render(
+                "reverse_insert",
+                split=split,
+                lower=sql.SQL("{} AND {}").format(after_cursor(spec, "s", not first), upper),
+                pk=pk,
+                legacy=names.source(spec),
+                cols=join([ident(c) for c in cols]),
+            ),
+        )
+        for first in (True, False)
+    }
     cursor: str | None = None
     while True:
-        upper = sql.SQL("s.{} <= %(hi)s::{}").format(pk, pk_type)
-        lower = sql.SQL("s.{} > %(lo)s::{} AND {}").format(pk, pk_type, upper) if cursor is not None else upper
-        bound = render(
-            "reverse_bound",
-            legacy=base,
-            pk=pk,
-            lower=sql.SQL("l.{} > %(lo)s::{}").format(pk, pk_type) if cursor is not None else raw("TRUE"),
-        )
-        insert = render(
-            "reverse_insert",
-            split=split,
-            lower=lower,
-            pk=pk,
-            legacy=names.source(spec),
-            cols=join([ident(c) for c in cols]),
-        )
+        bound, insert = stmts[cursor is None]
         size = sizer.next()
         c0 = time.monotonic()
-        n, inserted = 0, 0
+        inserted = 0
         with conn.transaction():
             _chunk_settings(conn)
             row = conn.execute(bound, {"lo": cursor, "limit": size}).fetchone()
@@ -401,8 +403,8 @@ def _reverse_refresh_pass(
     )
     cursor: str | None = None
     while True:
-        lower = sql.SQL("l.{} > %(lo)s::{}").format(pk, pk_type) if cursor is not None else raw("TRUE")
-        lower_s = sql.SQL("s.{} > %(lo)s::{}").format(pk, pk_type) if cursor is not None else raw("TRUE")
+        lower = after_cursor(spec, "l", cursor is not None)
+        lower_s = after_cursor(spec, "s", cursor is not None)
         bound = render("reverse_bound", legacy=names.source(spec), pk=pk, lower=lower)
         candidates = render(
             "reverse_candidates",

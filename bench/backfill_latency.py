@@ -1,8 +1,12 @@
 """The application's tail latency while the backfill runs, measured in one run.
 
-A steady pgbench writer (fixed rate, -R) updates, inserts and deletes legacy rows: first for --baseline-seconds
-with the forward triggers on and no backfill, then while `migrator backfill` runs. Prints the writer's p99 in
-both phases and the ratio (goal <= 1.5), and failed transactions (goal 0).
+A steady pgbench writer (fixed rate, -R) updates, inserts and deletes legacy rows in three phases, each after a
+CHECKPOINT: (a) for --baseline-seconds with the forward triggers on and no copy; (b) while `migrator backfill`
+runs; (c) while a plain copy of the same rows runs, the physical reference: keyset chunks of one INSERT … SELECT
+per split table into empty copies of the split tables (no triggers, locks, checks or checkpoint table; the same
+chunk duration and rows/s cap as the backfill). Prints the writer's p99 in each phase, the ratio b/a (goal
+<= 1.5), the ratio c/a (what any copy of these rows at that speed costs the writer on this server) and failed
+transactions (goal 0).
 
     python bench/backfill_latency.py --rows 1000000 --rate 200
 """
@@ -15,22 +19,28 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from backfill import offline_statements  # noqa: E402
 from common import find_pgbench, scratch_database  # noqa: E402
 from zero_downtime import latencies, pct, run_load  # noqa: E402
 
+from migrator import names  # noqa: E402
 from migrator.db import Database  # noqa: E402
 from migrator.phases import backfill, expand  # noqa: E402
 from migrator.phases.base import Context  # noqa: E402
 from migrator.seed import seed  # noqa: E402
-from migrator.spec import load_spec  # noqa: E402
+from migrator.spec import Spec, load_spec  # noqa: E402
+from migrator.sqlfiles import ident  # noqa: E402
 
 SCRIPT = r"""
 \set id random(1, :maxid)
@@ -46,19 +56,77 @@ DELETE FROM core_project WHERE id = :id;
 """
 
 
+REF_SCHEMA = "bench_ref"
+
+
+def reference_copy(dsn: str, spec: Spec, chunk_rows: int, max_rows_per_second: float | None) -> tuple[float, int]:
+    """Copy the legacy rows in keyset chunks of `chunk_rows` ids, one transaction per chunk committing
+    asynchronously like the backfill's, into empty copies of the split tables (their keys and unique
+    indexes, no foreign keys or triggers). Returns (seconds, rows)."""
+    ref = spec.model_copy(update={"base": spec.base.model_copy(update={"schema_": REF_SCHEMA})})
+    pk = ident(spec.pk)
+    bounded = [
+        sql.SQL("{} AND l.{} > %(lo)s AND l.{} <= %(hi)s").format(stmt, pk, pk) for stmt in offline_statements(ref)
+    ]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident(REF_SCHEMA)))
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident(REF_SCHEMA)))
+        for table in spec.split_tables():
+            conn.execute(
+                sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
+                    names.split(ref, table), names.split(spec, table)
+                )
+            )
+        lo, top = conn.execute(
+            sql.SQL("SELECT min({}) - 1, max({}) FROM {}").format(pk, pk, names.source(spec))
+        ).fetchone() or (0, 0)
+        conn.execute("CHECKPOINT")
+        t0 = time.monotonic()
+        copied = 0
+        while lo < top:
+            hi = min(lo + chunk_rows, top)
+            with conn.transaction():
+                conn.execute("SET LOCAL synchronous_commit = off")
+                base_rows = conn.execute(bounded[0], {"lo": lo, "hi": hi}).rowcount
+                for stmt in bounded[1:]:
+                    conn.execute(stmt, {"lo": lo, "hi": hi})
+            copied += base_rows
+            lo = hi
+            if max_rows_per_second:
+                ahead = copied / max_rows_per_second - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+        took = time.monotonic() - t0
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(ident(REF_SCHEMA)))
+    return took, copied
+
+
+def phase_summary(res: dict[str, Any], lat: list[float]) -> dict[str, Any]:
+    return {
+        "transactions": res["processed"],
+        "failed": res["failed"] + len(res["aborted"]),
+        "p50_ms": round(pct(lat, 50), 2),
+        "p99_ms": round(pct(lat, 99), 2),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsn", default="postgresql://root@127.0.0.1/test")
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--baseline-seconds", type=int, default=20)
+    ap.add_argument("--baseline-seconds", type=int, default=30)
     ap.add_argument("--chunk-time", type=float, default=0.1, help="backfill --chunk-time (default: %(default)s)")
-    ap.add_argument("--max-rows-per-second", type=float, default=0, help="backfill cap (0: none)")
+    ap.add_argument("--max-rows-per-second", type=float, default=0, help="cap for both copies (0: none)")
+    ap.add_argument("--no-reference", action="store_true", help="skip phase (c), the plain chunked copy")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     pgbench = find_pgbench()
     spec = load_spec()
+    cap = args.max_rows_per_second or None
+    took: dict[str, float] = {}
+    summaries: dict[str, dict[str, Any]] = {}
     with scratch_database(args.dsn, "bench_bfl") as dsn, tempfile.TemporaryDirectory() as tmp:
         logdir = Path(tmp)
         script = logdir / "writer.sql"
@@ -68,95 +136,69 @@ def main() -> None:
             maxid = int(conn.execute("SELECT max(id) FROM core_project").fetchone()[0])  # type: ignore[index]
         db = Database(dsn)
         expand.apply(Context(spec, db))
+
+        def load(tag: str, done: Callable[[], bool]) -> None:
+            res = run_load(
+                pgbench, dsn, script, logdir, tag, done, rate=args.rate, clients=args.clients, maxid=maxid, segment=3
+            )
+            summaries[tag] = phase_summary(res, latencies(logdir, f"{tag}_"))
+
+        def during(tag: str, job: Callable[[], object]) -> None:
+            finished = threading.Event()
+
+            def run() -> None:
+                time.sleep(1.0)
+                t0 = time.monotonic()
+                try:
+                    job()
+                finally:
+                    took[tag] = time.monotonic() - t0
+                    finished.set()
+
+            worker = threading.Thread(target=run)
+            worker.start()
+            load(tag, finished.is_set)
+            worker.join()
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
         t_end = time.monotonic() + args.baseline_seconds
-        base = run_load(
-            pgbench,
-            dsn,
-            script,
-            logdir,
-            "a",
-            lambda: time.monotonic() >= t_end,
-            rate=args.rate,
-            clients=args.clients,
-            maxid=maxid,
-        )
-        finished = threading.Event()
-        took: list[float] = []
-
-        def copy() -> None:
-            time.sleep(1.0)
-            t0 = time.monotonic()
-            try:
-                backfill.apply(
-                    Context(
-                        spec,
-                        db,
-                        options={
-                            "backfill": backfill.Options(
-                                chunk_time=args.chunk_time, max_rows_per_second=args.max_rows_per_second or None
-                            )
-                        },
-                    )
-                )
-            finally:
-                took.append(time.monotonic() - t0)
-                finished.set()
-
-        worker = threading.Thread(target=copy)
-        worker.start()
-        during = run_load(
-            pgbench,
-            dsn,
-            script,
-            logdir,
-            "b",
-            finished.is_set,
-            rate=args.rate,
-            clients=args.clients,
-            maxid=maxid,
-            segment=3,
-        )
-        worker.join()
-        lat_a, lat_b = latencies(logdir, "a_"), latencies(logdir, "b_")
+        load("a", lambda: time.monotonic() >= t_end)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+        opts = backfill.Options(chunk_time=args.chunk_time, max_rows_per_second=cap)
+        during("b", lambda: backfill.apply(Context(spec, db, options={"backfill": opts})))
+        if not args.no_reference:
+            # The same chunk duration as the backfill's: its rows per chunk at the rate it reached.
+            chunk_rows = max(100, round(args.rows / took["b"] * args.chunk_time))
+            during("c", lambda: reference_copy(dsn, spec, chunk_rows, cap))
         db.dispose()
-    result = {
-        "rows": args.rows,
-        "rate": args.rate,
-        "clients": args.clients,
-        "backfill_seconds": round(took[0], 2),
-        "without_backfill": {
-            "transactions": base["processed"],
-            "failed": base["failed"] + len(base["aborted"]),
-            "p50_ms": round(pct(lat_a, 50), 2),
-            "p99_ms": round(pct(lat_a, 99), 2),
-        },
-        "during_backfill": {
-            "transactions": during["processed"],
-            "failed": during["failed"] + len(during["aborted"]),
-            "p50_ms": round(pct(lat_b, 50), 2),
-            "p99_ms": round(pct(lat_b, 99), 2),
-        },
-    }
-    result["p99_ratio"] = round(
-        result["during_backfill"]["p99_ms"] / max(result["without_backfill"]["p99_ms"], 1e-9), 2
-    )
+    result: dict[str, Any] = {"rows": args.rows, "rate": args.rate, "clients": args.clients}
+    result["backfill_seconds"] = round(took["b"], 2)
+    result["without_backfill"] = summaries["a"]
+    result["during_backfill"] = summaries["b"]
+    base_p99 = max(summaries["a"]["p99_ms"], 1e-9)
+    result["p99_ratio"] = round(summaries["b"]["p99_ms"] / base_p99, 2)
+    if "c" in summaries:
+        result["reference_seconds"] = round(took["c"], 2)
+        result["during_reference"] = summaries["c"]
+        result["reference_p99_ratio"] = round(summaries["c"]["p99_ms"] / base_p99, 2)
     if args.json:
         print(json.dumps(result))
-    else:
-        a, b = result["without_backfill"], result["during_backfill"]
-        print(
-            f"rows {args.rows:,}, writer pgbench -R {args.rate:g} -c {args.clients}; backfill took "
-            f"{result['backfill_seconds']} s"
-        )
-        print(
-            f"without backfill: p50 {a['p50_ms']} ms, p99 {a['p99_ms']} ms, {a['transactions']} tx, "
-            f"failed {a['failed']}"
-        )
-        print(
-            f"during backfill : p50 {b['p50_ms']} ms, p99 {b['p99_ms']} ms, {b['transactions']} tx, "
-            f"failed {b['failed']}"
-        )
-        print(f"p99 ratio: {result['p99_ratio']} (goal <= 1.5)")
+        return
+    print(
+        f"rows {args.rows:,}, writer pgbench -R {args.rate:g} -c {args.clients}; backfill took "
+        f"{result['backfill_seconds']} s"
+        + (f", plain chunked copy {result['reference_seconds']} s" if "c" in summaries else "")
+    )
+    labels = {"a": "without a copy   ", "b": "during backfill  ", "c": "during plain copy"}
+    for tag, label in labels.items():
+        if tag in summaries:
+            x = summaries[tag]
+            print(f"{label}: p50 {x['p50_ms']} ms, p99 {x['p99_ms']} ms, {x['transactions']} tx, failed {x['failed']}")
+    print(f"p99 ratio backfill/without: {result['p99_ratio']} (goal <= 1.5)")
+    if "c" in summaries:
+        print(f"p99 ratio plain copy/without: {result['reference_p99_ratio']} (the same rows copied with no migrator)")
 
 
 if __name__ == "__main__":

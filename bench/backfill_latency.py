@@ -60,9 +60,9 @@ REF_SCHEMA = "bench_ref"
 
 
 def reference_copy(dsn: str, spec: Spec, chunk_rows: int, max_rows_per_second: float | None) -> tuple[float, int]:
-    """Copy the legacy rows in keyset chunks of `chunk_rows` ids, one transaction per chunk committing
-    asynchronously like the backfill's, into empty copies of the split tables (their keys and unique
-    indexes, no foreign keys or triggers). Returns (seconds, rows)."""
+    """Copy the legacy rows in keyset chunks of `chunk_rows` ids, one transaction per chunk with the backfill's
+    session settings (asynchronous commit, its write-back), into empty copies of the split tables (their keys
+    and indexes, no foreign keys or triggers). Returns (seconds, rows)."""
     ref = spec.model_copy(update={"base": spec.base.model_copy(update={"schema_": REF_SCHEMA})})
     pk = ident(spec.pk)
     bounded = [
@@ -87,6 +87,8 @@ def reference_copy(dsn: str, spec: Spec, chunk_rows: int, max_rows_per_second: f
             hi = min(lo + chunk_rows, top)
             with conn.transaction():
                 conn.execute("SET LOCAL synchronous_commit = off")
+                # The backfill's own I/O setting (backfill.BACKEND_FLUSH_AFTER): the reference is the floor.
+                conn.execute("SELECT set_config('backend_flush_after', %s, true)", [backfill.BACKEND_FLUSH_AFTER])
                 base_rows = conn.execute(bounded[0], {"lo": lo, "hi": hi}).rowcount
                 for stmt in bounded[1:]:
                     conn.execute(stmt, {"lo": lo, "hi": hi})

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+from psycopg import sql
 
 from migrator import guards, lifecycle, state
 from migrator.db import Database
@@ -215,3 +216,43 @@ def test_multi_statement_split_transaction_reaches_legacy(seeded: Database, proj
     conn.execute("DELETE FROM school_projects WHERE project_id = %s", [pid])
     row = conn.execute("SELECT course_name, syllabus FROM core_project WHERE id = %s", [pid]).fetchone()
     assert row == (None, [3])
+
+
+def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    nodes = [plan]
+    for child in plan.get("Plans", []):
+        nodes += _plan_nodes(child)
+    return nodes
+
+
+def test_reverse_backfill_chunks_probe_indexes(db: Database, projects_spec: Spec, conn: Any) -> None:
+    """The reverse backfill's chunk statements, mid-table, join the split tables by index probes only (no merge
+    or hash join, no materialized or sequential scan of a split table), so a chunk costs the same wherever it
+    sits."""
+    with db.connect() as c:
+        seed(c, 20_000, dirty_ratio=0.0, random_seed=5)
+    # write_new: the legacy and split tables as the rollback from contracted leaves them, not analyzed.
+    _advance(db, projects_spec, "write_new")
+    split_tables = set(projects_spec.split_tables())
+    params = {"lo": "10000", "hi": "10300", "limit": 300}
+    statements = [
+        *(
+            (f"insert pass {k}", s)
+            for k, s in zip(("bound", "insert"), contract.insert_pass_statements(projects_spec)[False], strict=True)
+        ),
+        *(
+            (f"refresh pass {k}", s)
+            for k, s in zip(
+                ("bound", "candidates"), contract.refresh_pass_statements(projects_spec)[False], strict=True
+            )
+        ),
+    ]
+    with conn.transaction():
+        contract._chunk_settings(conn)
+        for what, stmt in statements:
+            plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(stmt), params).fetchone()[0]
+            nodes = _plan_nodes(plan[0]["Plan"])
+            joins = [n["Node Type"] for n in nodes if n["Node Type"] in ("Merge Join", "Hash Join", "Materialize")]
+            scans = [n["Relation Name"] for n in nodes if n["Node Type"] == "Seq Scan"]
+            assert joins == [], f"{what}: {joins}"
+            assert not split_tables & set(scans), f"{what} scans {scans} whole"

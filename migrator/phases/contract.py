@@ -23,7 +23,7 @@ from psycopg import sql
 from migrator import guards, names, state, triggers, views
 from migrator.db import scalar
 from migrator.errors import GuardFailed
-from migrator.phases.backfill import ChunkSizer
+from migrator.phases.backfill import BACKEND_FLUSH_AFTER, ChunkSizer
 from migrator.phases.base import (
     MULTI_TABLE_LOCK_TIMEOUT,
     Action,
@@ -316,10 +316,9 @@ def reverse_backfill(ctx: Context, conn: psycopg.Connection[Any]) -> ReverseResu
     return result
 
 
-def _reverse_insert_pass(
-    ctx: Context, conn: psycopg.Connection[Any], sizer: ChunkSizer, limiter: RateLimiter, result: ReverseResult
-) -> None:
-    spec = ctx.spec
+def insert_pass_statements(spec: Spec) -> dict[bool, tuple[sql.Composed, sql.Composed]]:
+    """The reverse backfill's insert pass, (bound, insert) for a first chunk (True) and for the ones after a
+    cursor (False). Parameters: lo (the cursor), hi (the chunk's last base key, from bound), limit."""
     pk, pk_type = ident(spec.pk), raw(spec.source.primary_key_type)
     cols = spec.legacy_columns()
     split = views.split_as_legacy(spec)
@@ -330,8 +329,7 @@ def _reverse_insert_pass(
     # Each chunk's upper key comes from the base table's primary key first, so the chunk reads a closed key range.
     base = names.split(spec, spec.base.table)
     upper = sql.SQL("s.{} <= %(hi)s::{}").format(pk, pk_type)
-    # (bound, insert) for a first chunk and for the ones after a cursor
-    stmts = {
+    return {
         first: (
             render("reverse_bound", legacy=base, pk=pk, lower=after_cursor(spec, "l", not first)),
             render(
@@ -345,6 +343,12 @@ def _reverse_insert_pass(
         )
         for first in (True, False)
     }
+
+
+def _reverse_insert_pass(
+    ctx: Context, conn: psycopg.Connection[Any], sizer: ChunkSizer, limiter: RateLimiter, result: ReverseResult
+) -> None:
+    stmts = insert_pass_statements(ctx.spec)
     cursor: str | None = None
     while True:
         bound, insert = stmts[cursor is None]
@@ -401,22 +405,10 @@ def _reverse_refresh_pass(
         pk_type=pk_type,
         quarantine=names.state(spec, "quarantine"),
     )
+    stmts = refresh_pass_statements(spec)
     cursor: str | None = None
     while True:
-        lower = after_cursor(spec, "l", cursor is not None)
-        lower_s = after_cursor(spec, "s", cursor is not None)
-        bound = render("reverse_bound", legacy=names.source(spec), pk=pk, lower=lower)
-        candidates = render(
-            "reverse_candidates",
-            legacy=names.source(spec),
-            split=split,
-            pk=pk,
-            pk_type=pk_type,
-            lower=lower,
-            lower_s=lower_s,
-            legacy_cols=legacy_cols,
-            split_cols=split_cols,
-        )
+        bound, candidates = stmts[cursor is None]
         size = sizer.next()
         c0 = time.monotonic()
         with conn.transaction():
@@ -439,14 +431,44 @@ def _reverse_refresh_pass(
         cursor = hi
 
 
+def refresh_pass_statements(spec: Spec) -> dict[bool, tuple[sql.Composed, sql.Composed]]:
+    """The refresh pass's (bound, candidates) for a first chunk (True) and for the ones after a cursor (False):
+    the chunk's last legacy key, then the keys in (lo, hi] whose legacy row differs from the split rows."""
+    pk, pk_type = ident(spec.pk), raw(spec.source.primary_key_type)
+    cols = spec.legacy_columns()
+    out = {}
+    for first in (True, False):
+        lower = after_cursor(spec, "l", not first)
+        out[first] = (
+            render("reverse_bound", legacy=names.source(spec), pk=pk, lower=lower),
+            render(
+                "reverse_candidates",
+                legacy=names.source(spec),
+                split=views.split_as_legacy(spec),
+                pk=pk,
+                pk_type=pk_type,
+                lower=lower,
+                lower_s=after_cursor(spec, "s", not first),
+                legacy_cols=join([sql.SQL("l.{}").format(ident(c)) for c in cols]),
+                split_cols=join([sql.SQL("s.{}").format(ident(c)) for c in cols]),
+            ),
+        )
+    return out
+
+
 def _chunk_settings(conn: psycopg.Connection[Any]) -> None:
     # origin = split: these legacy writes come from the split side, the forward triggers must not echo them.
     # A chunk joins a few hundred base rows to their children: index probes per row, whatever the statistics say
     # (the split tables are often never analyzed here). A merge or hash join reads each child table from its start
-    # (or whole) once per chunk, so the pass would slow down with every chunk.
+    # (or whole) once per chunk, and so does a materialized scan of a table the planner believes tiny (the meta
+    # table, never analyzed: 135 ms for a 300-row chunk of 20,000 rows, 3 ms probing), so the pass would slow
+    # down with every chunk.
+    # Its legacy writes are flushed as they go, like the backfill's (backfill.BACKEND_FLUSH_AFTER).
     conn.execute(
         "SELECT set_config('lock_timeout', '5s', true), set_config('migrator.origin', 'split', true), "
-        "set_config('enable_mergejoin', 'off', true), set_config('enable_hashjoin', 'off', true)"
+        "set_config('enable_mergejoin', 'off', true), set_config('enable_hashjoin', 'off', true), "
+        "set_config('enable_material', 'off', true), set_config('backend_flush_after', %s, true)",
+        [BACKEND_FLUSH_AFTER],
     )
 
 

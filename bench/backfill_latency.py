@@ -3,8 +3,8 @@
 A steady pgbench writer (fixed rate, -R) updates, inserts and deletes legacy rows in three phases, each after a
 CHECKPOINT: (a) for --baseline-seconds with the forward triggers on and no copy; (b) while `migrator backfill`
 runs; (c) while a plain copy of the same rows runs, the physical reference: keyset chunks of one INSERT … SELECT
-per split table into empty copies of the split tables (no triggers, locks, checks or checkpoint table; the same
-chunk duration and rows/s cap as the backfill). Prints the writer's p99 in each phase, the ratio b/a (goal
+per split table into empty copies of the split tables (no triggers, locks, checks or checkpoint table; the
+backfill's mean chunk size, its session settings and the same rows/s cap). Prints the writer's p99 in each phase, the ratio b/a (goal
 <= 1.5), the ratio c/a (what any copy of these rows at that speed costs the writer on this server) and failed
 transactions (goal 0).
 
@@ -103,6 +103,22 @@ def reference_copy(dsn: str, spec: Spec, chunk_rows: int, max_rows_per_second: f
     return took, copied
 
 
+class ChunkCounter:
+    """A backfill reporter that counts chunks and rows, for the plain copy's chunk size."""
+
+    def __init__(self) -> None:
+        self.chunks = 0
+        self.rows = 0
+
+    def step(self, message: str) -> None:
+        pass
+
+    def progress(self, done: int, total: int | None, **fields: Any) -> None:
+        if "rows" in fields:
+            self.chunks += 1
+            self.rows += int(fields["rows"])
+
+
 def phase_summary(res: dict[str, Any], lat: list[float]) -> dict[str, Any]:
     return {
         "transactions": res["processed"],
@@ -169,10 +185,11 @@ def main() -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CHECKPOINT")
         opts = backfill.Options(chunk_time=args.chunk_time, max_rows_per_second=cap)
-        during("b", lambda: backfill.apply(Context(spec, db, options={"backfill": opts})))
+        counter = ChunkCounter()
+        during("b", lambda: backfill.apply(Context(spec, db, reporter=counter, options={"backfill": opts})))
         if not args.no_reference:
-            # The same chunk duration as the backfill's: its rows per chunk at the rate it reached.
-            chunk_rows = max(100, round(args.rows / took["b"] * args.chunk_time))
+            # The backfill's mean chunk, in rows (with or without a cap, the chunk runs at full speed).
+            chunk_rows = max(100, round(counter.rows / max(counter.chunks, 1)))
             during("c", lambda: reference_copy(dsn, spec, chunk_rows, cap))
         db.dispose()
     result: dict[str, Any] = {"rows": args.rows, "rate": args.rate, "clients": args.clients}

@@ -4,9 +4,9 @@ A steady pgbench writer (fixed rate, -R) updates, inserts and deletes legacy row
 CHECKPOINT: (a) for --baseline-seconds with the forward triggers on and no copy; (b) while `migrator backfill`
 runs; (c) while a plain copy of the same rows runs, the physical reference: keyset chunks of one INSERT … SELECT
 per split table into empty copies of the split tables (no triggers, locks, checks or checkpoint table; the
-backfill's mean chunk size, its session settings and the same rows/s cap). Prints the writer's p99 in each phase, the ratio b/a (goal
-<= 1.5), the ratio c/a (what any copy of these rows at that speed costs the writer on this server) and failed
-transactions (goal 0).
+backfill's mean chunk size, its session settings and the same rows/s cap). Prints the writer's p99 in each
+phase, the ratio b/a (goal <= 1.5), the ratio c/a (what any copy of these rows at that speed costs the writer on
+this server) and failed transactions (goal 0).
 
     python bench/backfill_latency.py --rows 1000000 --rate 200
 """

@@ -384,8 +384,7 @@ def _reverse_refresh_pass(
     # concurrent reverse trigger then waits for us and applies its newer change on top) and only then read the
     # split side, in a later statement and snapshot; legacy rows whose key left the split side (deleted after
     # contract) are removed. Rows that did not change while contracted are neither locked nor written.
-    legacy_cols = join([sql.SQL("l.{}").format(ident(c)) for c in cols])
-    split_cols = join([sql.SQL("s.{}").format(ident(c)) for c in cols])
+    legacy_cols, split_cols = _compared_columns(spec)
     lock = render("reverse_lock", legacy=names.source(spec), pk=pk, pk_type=pk_type)
     update = render(
         "reverse_update",
@@ -435,7 +434,8 @@ def refresh_pass_statements(spec: Spec) -> dict[bool, tuple[sql.Composed, sql.Co
     """The refresh pass's (bound, candidates) for a first chunk (True) and for the ones after a cursor (False):
     the chunk's last legacy key, then the keys in (lo, hi] whose legacy row differs from the split rows."""
     pk, pk_type = ident(spec.pk), raw(spec.source.primary_key_type)
-    cols = spec.legacy_columns()
+    split = views.split_as_legacy(spec)
+    legacy_cols, split_cols = _compared_columns(spec)
     out = {}
     for first in (True, False):
         lower = after_cursor(spec, "l", not first)
@@ -444,16 +444,24 @@ def refresh_pass_statements(spec: Spec) -> dict[bool, tuple[sql.Composed, sql.Co
             render(
                 "reverse_candidates",
                 legacy=names.source(spec),
-                split=views.split_as_legacy(spec),
+                split=split,
                 pk=pk,
                 pk_type=pk_type,
                 lower=lower,
                 lower_s=after_cursor(spec, "s", not first),
-                legacy_cols=join([sql.SQL("l.{}").format(ident(c)) for c in cols]),
-                split_cols=join([sql.SQL("s.{}").format(ident(c)) for c in cols]),
+                legacy_cols=legacy_cols,
+                split_cols=split_cols,
             ),
         )
     return out
+
+
+def _compared_columns(spec: Spec) -> tuple[sql.Composed, sql.Composed]:
+    """The legacy columns as l.<col>, … and as s.<col>, … (legacy table vs the split side as legacy rows)."""
+    cols = spec.legacy_columns()
+    return join([sql.SQL("l.{}").format(ident(c)) for c in cols]), join(
+        [sql.SQL("s.{}").format(ident(c)) for c in cols]
+    )
 
 
 def _chunk_settings(conn: psycopg.Connection[Any]) -> None:

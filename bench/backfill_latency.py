@@ -4,13 +4,11 @@ A steady pgbench writer (fixed rate, -R) updates, inserts and deletes legacy row
 CHECKPOINT: (a) for --baseline-seconds with the forward triggers on and no copy; (b) while `migrator backfill`
 runs; (c) while a plain copy of the same rows runs, the physical reference: keyset chunks of one INSERT … SELECT
 per split table into empty copies of the split tables (no triggers, locks, checks or checkpoint table; the
-backfill's mean chunk size, its session settings and the same rows/s cap — with --max-commit-latency, the
-backfill's mean rows/s). Prints the writer's p99 in each
+backfill's mean chunk size, its session settings and the same rows/s cap). Prints the writer's p99 in each
 phase, the ratio b/a (goal <= 1.5), the ratio c/a (what any copy of these rows at that speed costs the writer on
 this server) and failed transactions (goal 0).
 
     python bench/backfill_latency.py --rows 1000000 --rate 200
-    python bench/backfill_latency.py --rows 1000000 --max-commit-latency 0.004
 """
 
 from __future__ import annotations
@@ -139,13 +137,6 @@ def main() -> None:
     ap.add_argument("--baseline-seconds", type=int, default=30)
     ap.add_argument("--chunk-time", type=float, default=0.1, help="backfill --chunk-time (default: %(default)s)")
     ap.add_argument("--max-rows-per-second", type=float, default=0, help="cap for both copies (0: none)")
-    ap.add_argument(
-        "--max-commit-latency",
-        type=float,
-        default=0,
-        help="backfill --max-commit-latency in seconds (0: none); the plain copy is then capped at the backfill's "
-        "mean rows/s",
-    )
     ap.add_argument("--no-reference", action="store_true", help="skip phase (c), the plain chunked copy")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -193,17 +184,13 @@ def main() -> None:
         load("a", lambda: time.monotonic() >= t_end)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CHECKPOINT")
-        opts = backfill.Options(
-            chunk_time=args.chunk_time, max_rows_per_second=cap, max_commit_latency=args.max_commit_latency or None
-        )
+        opts = backfill.Options(chunk_time=args.chunk_time, max_rows_per_second=cap)
         counter = ChunkCounter()
         during("b", lambda: backfill.apply(Context(spec, db, reporter=counter, options={"backfill": opts})))
         if not args.no_reference:
             # The backfill's mean chunk, in rows (with or without a cap, the chunk runs at full speed).
             chunk_rows = max(100, round(counter.rows / max(counter.chunks, 1)))
-            # Paced by commit latency, the backfill has a speed of its own: the plain copy runs at it.
-            ref_cap = cap or (counter.rows / took["b"] if args.max_commit_latency else None)
-            during("c", lambda: reference_copy(dsn, spec, chunk_rows, ref_cap))
+            during("c", lambda: reference_copy(dsn, spec, chunk_rows, cap))
         db.dispose()
     result: dict[str, Any] = {"rows": args.rows, "rate": args.rate, "clients": args.clients}
     result["backfill_seconds"] = round(took["b"], 2)

@@ -279,12 +279,6 @@ def expand(app: App, reason: str | None) -> None:
 @click.option("--max-rows-per-second", type=click.FloatRange(min=1), help="Throttle the copy.")
 @click.option("--throttle-query", help="SQL returning a number; > 0 means wait (e.g. replica lag in seconds).")
 @click.option(
-    "--max-commit-latency",
-    type=click.FloatRange(0.0001, 10),
-    help="Seconds. Before each chunk, time one tiny synchronous commit, as the application's; while it takes "
-    "longer, wait (keeps the application's commit latency near this; e.g. 1.5x its usual).",
-)
-@click.option(
     "--chunk-lock-timeout",
     type=click.FloatRange(0.001, 10),
     default=0.05,
@@ -296,7 +290,6 @@ def expand(app: App, reason: str | None) -> None:
 @examples(
     "migrator backfill",
     "migrator --json backfill --workers 2 --max-rows-per-second 20000",
-    "migrator backfill --max-commit-latency 0.005",
     'migrator backfill --throttle-query "SELECT max(extract(epoch FROM replay_lag)) - 5 FROM pg_stat_replication"',
     "migrator backfill --join --workers 4     # on a second host",
 )
@@ -308,7 +301,6 @@ def backfill(
     batch_size: int | None,
     max_rows_per_second: float | None,
     throttle_query: str | None,
-    max_commit_latency: float | None,
     chunk_lock_timeout: float,
     join_: bool,
     reason: str | None,
@@ -326,7 +318,6 @@ def backfill(
         batch_size=batch_size,
         max_rows_per_second=max_rows_per_second,
         throttle_query=throttle_query,
-        max_commit_latency=max_commit_latency,
         lock_timeout=chunk_lock_timeout,
         join=join_,
     )

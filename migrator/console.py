@@ -167,9 +167,6 @@ class ProgressReporter:
     def progress(self, done: int, total: int | None, **fields: Any) -> None:
         elapsed = max(time.monotonic() - self._started, 1e-6)
         rate = f"{done / elapsed:,.0f} rows/s"
-        if "commit_ms" in fields:
-            # --max-commit-latency: what an application's commit costs right now, next to the copy's speed
-            rate += f" · commit {fields['commit_ms']:.1f} ms"
         if self._task is None:
             self._task = self._progress.add_task(self._description, total=total, rate=rate)
         self._progress.update(self._task, completed=done, total=total, rate=rate)

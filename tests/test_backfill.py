@@ -3,7 +3,6 @@ also runs the naive variant and shows it breaking."""
 
 from __future__ import annotations
 
-import json
 import random
 import signal
 import subprocess
@@ -159,39 +158,6 @@ def test_throttle_query_holds_the_backfill(expanded: Database, projects_spec: Sp
     conn.execute("UPDATE throttle SET v = 0")
     t.join(60)
     assert state.read(conn, projects_spec).state == "backfilled"
-
-
-def test_commit_latency_limit_holds_the_backfill(
-    expanded: Database, projects_spec: Spec, conn: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With a commit-latency limit no commit can meet (1 µs), no chunk runs, the wait is announced, and the
-    worker stops on request without copying."""
-    monkeypatch.setattr(backfill, "COMMIT_WAIT_ANNOUNCE", 0.3)
-    with expanded.connect(autocommit=True) as c:
-        backfill.ensure_ranges(c, projects_spec, 1)
-    steps: list[str] = []
-    shared = backfill.Shared(on_chunk=lambda f: None, on_step=steps.append)
-    opts = backfill.Options(max_commit_latency=1e-6)
-    worker = threading.Thread(target=backfill.run_workers, args=(expanded, projects_spec, opts, shared))
-    worker.start()
-    time.sleep(1.2)
-    assert conn.execute("SELECT coalesce(sum(rows_done), 0) FROM migrator.backfill_ranges").fetchone()[0] == 0
-    assert any("over --max-commit-latency" in s for s in steps), steps
-    shared.stop.set()
-    worker.join(30)
-    assert not worker.is_alive()
-    assert not shared.errors, shared.errors
-    assert count(conn, "projects") == 0
-
-
-def test_commit_latency_is_timed_before_every_chunk(run_cli: Any, database_url: str, expanded: Database) -> None:
-    """Under a limit commits meet, the backfill finishes and every chunk's JSON line carries the commit it timed
-    (a real synchronous commit: over 0 ms) and the time it waited."""
-    r = run_cli("--dsn", database_url, "--json", "backfill", "--batch-size", "500", "--max-commit-latency", "10")
-    assert r.exit_code == 0, r.stderr
-    chunks = [line for line in map(json.loads, r.stdout.splitlines()) if "chunk_ms" in line]
-    assert len(chunks) >= 4
-    assert all(c["commit_ms"] > 0 and c["waited_ms"] >= 0 for c in chunks), chunks
 
 
 def test_backfill_rollback_and_rerun(

@@ -11,8 +11,6 @@ The rules it keeps (DESIGN.md §Races):
    trigger uses, which quarantines them with PostgreSQL's own SQLSTATE and message.
 7. It yields: each chunk runs under a short SET LOCAL lock_timeout, and on lock timeout or deadlock it is
    retried smaller. The chunk size follows a target chunk time (EWMA of the observed rate, growth <= 1.5x).
-   With --max-commit-latency it also yields the disk: before each chunk it times one tiny synchronous commit,
-   as the application's, and waits while that is over the limit.
 8. No long transactions: one short transaction per chunk, which also commits the range's checkpoint.
 """
 
@@ -64,14 +62,6 @@ INITIAL_CHUNK = 500
 # checkpointer does by default) spreads that I/O over the copy: the writer's p99 during the copy fell 4x at
 # the same copy speed. A user-settable setting; the application's sessions keep theirs.
 BACKEND_FLUSH_AFTER = "256kB"
-# --max-commit-latency: what an application's commit costs right now, measured as one. The transaction gets an xid
-# and so writes a commit record, and SET LOCAL makes it wait for its WAL fsync whatever the role's default: the
-# flush of every WAL byte written before it (the last chunk's included) plus the fsync itself.
-COMMIT_PROBE = "SELECT set_config('synchronous_commit', 'on', true), pg_current_xact_id()"
-COMMIT_PROBE_PAUSE = 0.01
-# A worker that has waited this long on the latency announces it (once per wait), so a limit the server can never
-# meet shows in the log instead of looking like a hang.
-COMMIT_WAIT_ANNOUNCE = 2.0
 
 # After a chunk met a row a trigger had just written, this many chunks run in the careful form (ON CONFLICT).
 CAREFUL_CHUNKS = 10
@@ -93,7 +83,6 @@ class Options:
     batch_size: int | None = None
     max_rows_per_second: float | None = None
     throttle_query: str | None = None
-    max_commit_latency: float | None = None
     lock_timeout: float = CHUNK_LOCK_TIMEOUT
     join: bool = False
     lease: float = LEASE_SECONDS
@@ -562,27 +551,23 @@ class Worker:
     def _copy_range(self, conn: psycopg.Connection[Any], range_no: int, cursor: str | None, hi: str) -> None:
         while not self.shared.stop.is_set():
             self._wait_for_throttle(conn)
-            latency = self._wait_for_commit_latency(conn)
-            if self.shared.stop.is_set():
-                return
             result = self._chunk_with_retry(conn, range_no, cursor, hi)
             self.copied += result.rows
             with self.shared.lock:
                 self.shared.rows += result.rows
                 total = self.shared.rows
-            fields: dict[str, Any] = {
-                "worker": self.id,
-                "range": range_no,
-                "rows": result.rows,
-                "inserted": result.inserted,
-                "rejected": result.rejected,
-                "chunk_size": self.sizer.next(),
-                "chunk_ms": round(result.seconds * 1000, 1),
-                "rows_total": total,
-            }
-            if latency is not None:
-                fields["commit_ms"], fields["waited_ms"] = round(latency[0] * 1000, 2), round(latency[1] * 1000, 1)
-            self.shared.on_chunk(fields)
+            self.shared.on_chunk(
+                {
+                    "worker": self.id,
+                    "range": range_no,
+                    "rows": result.rows,
+                    "inserted": result.inserted,
+                    "rejected": result.rejected,
+                    "chunk_size": self.sizer.next(),
+                    "chunk_ms": round(result.seconds * 1000, 1),
+                    "rows_total": total,
+                }
+            )
             if result.last_key is not None:
                 cursor = result.last_key
             if result.paused:
@@ -722,35 +707,6 @@ class Worker:
                 self.shared.on_step(f"worker {self.id}: throttled (throttle query returned {value})")
                 announced = True
             time.sleep(1.0)
-
-    def _wait_for_commit_latency(self, conn: psycopg.Connection[Any]) -> tuple[float, float] | None:
-        """With --max-commit-latency: time a commit as the application's; while it is over the limit (the disk
-        still busy with the last chunk's WAL and pages, or with anything else), wait and time it again. Returns
-        (the last commit's seconds, seconds waited)."""
-        limit = self.opts.max_commit_latency
-        if not limit:
-            return None
-        started = time.monotonic()
-        announced = False
-        while True:
-            took = commit_latency(conn)
-            waited = time.monotonic() - started
-            if took <= limit or self.shared.stop.is_set():
-                return took, waited
-            if not announced and waited >= COMMIT_WAIT_ANNOUNCE:
-                self.shared.on_step(
-                    f"worker {self.id}: waiting: a commit takes {took * 1000:.1f} ms, over --max-commit-latency "
-                    f"{limit * 1000:g} ms (for {waited:.0f} s now)"
-                )
-                announced = True
-            time.sleep(COMMIT_PROBE_PAUSE)
-
-
-def commit_latency(conn: psycopg.Connection[Any]) -> float:
-    """Seconds one tiny synchronous commit takes now, on an autocommit connection (see COMMIT_PROBE)."""
-    t0 = time.monotonic()
-    conn.execute(COMMIT_PROBE)
-    return time.monotonic() - t0
 
 
 def run_workers(

@@ -35,7 +35,7 @@ from migrator.phases import backfill, expand  # noqa: E402
 from migrator.phases.base import Context  # noqa: E402
 from migrator.seed import seed  # noqa: E402
 from migrator.spec import Spec, load_spec  # noqa: E402
-from migrator.sqlfiles import ident, join, literal, raw  # noqa: E402
+from migrator.sqlgen.compose import ident, join, literal, raw  # noqa: E402
 
 
 def offline_statements(spec: Spec) -> list[sql.Composed]:

@@ -40,7 +40,7 @@ from migrator.phases import backfill, expand  # noqa: E402
 from migrator.phases.base import Context  # noqa: E402
 from migrator.seed import seed  # noqa: E402
 from migrator.spec import Spec, load_spec  # noqa: E402
-from migrator.sqlfiles import ident  # noqa: E402
+from migrator.sqlgen.compose import ident  # noqa: E402
 
 SCRIPT = r"""
 \set id random(1, :maxid)

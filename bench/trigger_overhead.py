@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` resolves ho
 
 from common import DEFAULT_DSN, Stopwatch, find_pgbench, median, run_pgbench, scratch_database
 
-from migrator import names, triggers
+from migrator.sqlgen import names, triggers
 from migrator.db import Database
 from migrator.phases import expand
 from migrator.phases.base import Context
@@ -97,12 +97,12 @@ def set_trigger(conn: psycopg.Connection[Any], spec: Spec, enabled: bool) -> Non
     """ENABLE/DISABLE the forward row trigger (the truncate trigger does not fire in this mix)."""
     verb = sql.SQL("ENABLE" if enabled else "DISABLE")
     conn.execute(
-        sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(names.source(spec), verb, triggers.trigger_name(spec, "forward"))
+        sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(names.source(spec), verb, names.trigger_name(spec, "forward"))
     )
     state = scalar(
         conn,
         "SELECT tgenabled FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname = %s",
-        [names.source(spec).as_string(conn), triggers.trigger_name_text(spec, "forward")],
+        [names.source(spec).as_string(conn), names.trigger_name_text(spec, "forward")],
     )
     assert (state != "D") is enabled, f"trigger state {state!r}, wanted enabled={enabled}"
 

@@ -40,7 +40,7 @@ from migrator.phases import backfill, expand, validate  # noqa: E402
 from migrator.phases.base import Context  # noqa: E402
 from migrator.seed import seed  # noqa: E402
 from migrator.spec import Spec, load_spec  # noqa: E402
-from migrator.sqlfiles import ident  # noqa: E402
+from migrator.sqlgen.compose import ident  # noqa: E402
 
 LEGACY_VIEW, SPLIT_VIEW = "bench_legacy_normalized", "bench_split_as_legacy"
 

@@ -23,7 +23,7 @@ from migrator.phases import backfill, contract, expand, switch_reads, switch_wri
 from migrator.phases.base import Context, Reporter
 from migrator.seed import seed
 from migrator.spec import Spec, load_spec
-from migrator.sqlfiles import ident
+from migrator.sqlgen.compose import ident
 
 DEMO_DATABASE = "migrator_demo"
 

@@ -41,15 +41,14 @@ from psycopg import sql
 
 from migrator.db import Database, libpq_dsn
 from migrator.errors import OperationalError
-from migrator.sqlfiles import ident
+from migrator.sqlgen.compose import ident
+from migrator.lifecycle import READS_SPLIT, START, WRITES_SPLIT
 from migrator.state import NOTIFY_CHANNEL
 
 __all__ = ["FlagReader", "Flags", "FlagsUnavailable", "bucket"]
 
 log = logging.getLogger(__name__)
 
-READS_SPLIT = frozenset({"read_new", "write_new", "contracted"})
-WRITES_SPLIT = frozenset({"write_new", "contracted"})
 
 APPLICATION_NAME = "migrator-flags"
 LISTENER_APPLICATION_NAME = "migrator-flags-listener"
@@ -225,7 +224,7 @@ class FlagReader:
         try:
             row = conn.execute(self._query, {"m": self.migration}).fetchone()
         except NOT_EXPANDED:
-            return Flags("legacy", 0, started)  # expand has not run: no state schema, no functions
+            return Flags(START, 0, started)  # expand has not run: no state schema, no functions
         assert row is not None  # a SELECT of two scalar functions returns one row
         return Flags(str(row[0]), int(row[1]), started)
 

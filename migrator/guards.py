@@ -8,11 +8,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from migrator import names, triggers, views
+from migrator.sqlgen import names, triggers, views
 from migrator.db import Database
 from migrator.errors import GuardFailed
 from migrator.spec import Spec
-from migrator.sqlfiles import ident, render
+from migrator.sqlgen.compose import ident, render
 
 
 def diff(conn: psycopg.Connection[Any], spec: Spec, limit: int = 1000) -> list[tuple[str, Any]]:
@@ -53,10 +53,22 @@ def open_quarantine(conn: psycopg.Connection[Any], spec: Spec) -> int:
     return int(row[0]) if row else 0
 
 
+def legacy_writes(conn: psycopg.Connection[Any], spec: Spec) -> int:
+    """How many direct legacy write statements the counter has seen (0 before switch-writes)."""
+    counter = names.legacy_writes_sequence(spec)
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [as_text(counter)]).fetchone()
+    if not row or not row[0]:
+        return 0
+    value = conn.execute(
+        sql.SQL("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {}").format(counter)
+    ).fetchone()
+    return int(value[0]) if value else 0
+
+
 def mark_legacy_writes(conn: psycopg.Connection[Any], spec: Spec) -> tuple[int, datetime, bool]:
     """Compare the legacy-writes counter with the stored mark; move the mark when the counter moved.
     Returns (counter, quiet since, moved)."""
-    count = triggers.legacy_writes(conn, spec)
+    count = legacy_writes(conn, spec)
     row = conn.execute(
         sql.SQL("SELECT legacy_mark, legacy_mark_at, now() FROM {} WHERE migration = %s").format(
             names.state(spec, "state")

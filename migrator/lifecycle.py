@@ -1,50 +1,99 @@
-"""Moving between states: which phase's rollback undoes which state, and `rollback [--to STATE]`."""
+"""The lifecycle: one ordered table of the migration's states. The single source the CLI, `plan`, `rollback --to`,
+`rehearse`, `status`, the runbooks, the flag reader and the tests read; no other module spells a state sequence
+(tests/test_structure.py fails if one does).
+
+Each stage names the command that enters it from the stage before, which side the application reads and writes
+there, and what keeps the two sides in step. Rolling back leaves a state for the one before it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
-from migrator import state
-from migrator.errors import BadInputError, WrongState
-from migrator.phases import backfill, contract, expand, switch_reads, switch_writes, validate
-from migrator.phases.base import Context
+from migrator.errors import BadInputError
 
-# state -> (the state its rollback returns to, the function that does it)
-ROLLBACKS: dict[str, tuple[str, Callable[[Context], None]]] = {
-    "dual_write": ("legacy", expand.rollback),
-    "backfilled": ("dual_write", backfill.rollback),
-    "validated": ("backfilled", validate.rollback),
-    "read_new": ("validated", switch_reads.rollback),
-    "write_new": ("read_new", switch_writes.rollback),
-    "contracted": ("write_new", contract.rollback),
-}
+Side = Literal["legacy", "split"]
 
 
-def current_state(ctx: Context) -> str:
-    with ctx.require_db().connect(autocommit=True) as conn:
-        return state.read(conn, ctx.spec).state
+@dataclass(frozen=True)
+class Stage:
+    state: str
+    # The command that enters this state from the one before (None for the start).
+    enter: str | None
+    reads: Side
+    writes: Side
+    sync: str
+    # The legacy table has been renamed to its archive.
+    archived: bool = False
 
 
-def rollback(ctx: Context, to: str | None = None) -> list[tuple[str, str]]:
-    """Roll back one state, or step by step down to `to`; returns the (from, to) steps taken."""
-    current = current_state(ctx)
-    if to is not None and to not in state.STATES:
-        raise BadInputError(f"unknown state {to!r}", hint=f"use one of: {', '.join(state.STATES)}")
-    if current == "legacy":
-        raise WrongState(
-            "the migration is in legacy: there is nothing to roll back", hint="run `migrator expand` to start"
-        )
-    target = to if to is not None else ROLLBACKS.get(current, (None,))[0]
-    if target is None or state.STATES.index(target) >= state.STATES.index(current):
-        raise BadInputError(
-            f"cannot roll back from {current} to {target}", hint="--to names an earlier state than the current one"
-        )
-    steps: list[tuple[str, str]] = []
-    while current != target:
-        if current not in ROLLBACKS:
-            raise WrongState(f"rollback from {current} is not available in this version")
-        previous, fn = ROLLBACKS[current]
-        fn(ctx)
-        steps.append((current, previous))
-        current = previous
-    return steps
+STAGES: tuple[Stage, ...] = (
+    Stage("legacy", None, "legacy", "legacy", "none"),
+    Stage("dual_write", "expand", "legacy", "legacy", "forward triggers legacy -> split"),
+    Stage("backfilled", "backfill", "legacy", "legacy", "forward"),
+    Stage("validated", "validate", "legacy", "legacy", "forward"),
+    Stage("read_new", "switch-reads", "split", "legacy", "forward"),
+    Stage("write_new", "switch-writes", "split", "split", "both ways (reverse split -> legacy, forward kept)"),
+    Stage("contracted", "contract", "split", "split", "none; legacy archived", archived=True),
+)
+
+STATES: tuple[str, ...] = tuple(s.state for s in STAGES)
+START = STATES[0]
+# The phases, in order: the commands that move the migration forward.
+PHASE_NAMES: tuple[str, ...] = tuple(s.enter for s in STAGES if s.enter is not None)
+READS_SPLIT = frozenset(s.state for s in STAGES if s.reads == "split")
+WRITES_SPLIT = frozenset(s.state for s in STAGES if s.writes == "split")
+
+_BY_STATE = {s.state: s for s in STAGES}
+
+
+def stage(state: str) -> Stage:
+    try:
+        return _BY_STATE[state]
+    except KeyError:
+        raise BadInputError(f"unknown state {state!r}", hint=f"use one of: {', '.join(STATES)}") from None
+
+
+def index(state: str) -> int:
+    return STATES.index(stage(state).state)
+
+
+def next_command(state: str) -> str | None:
+    """The command that leaves `state` forward (None at the end): the hint an out-of-order command prints."""
+    i = index(state)
+    return STAGES[i + 1].enter if i + 1 < len(STAGES) else None
+
+
+def previous(state: str) -> str | None:
+    """The state a rollback from `state` returns to (None at the start)."""
+    i = index(state)
+    return STATES[i - 1] if i > 0 else None
+
+
+def entered_by(phase: str) -> str:
+    """The state the phase (command) `phase` enters."""
+    for s in STAGES:
+        if s.enter == phase:
+            return s.state
+    raise BadInputError(f"unknown phase {phase!r}", hint=f"use one of: {', '.join(PHASE_NAMES)}")
+
+
+def left_by(phase: str) -> str:
+    """The state the phase `phase` starts from."""
+    prev = previous(entered_by(phase))
+    assert prev is not None
+    return prev
+
+
+def between(first: str, last: str) -> tuple[str, ...]:
+    """The states from `first` to `last`, both included, in lifecycle order."""
+    return STATES[index(first) : index(last) + 1]
+
+
+def reads_split(state: str) -> bool:
+    return state in READS_SPLIT
+
+
+def writes_split(state: str) -> bool:
+    return state in WRITES_SPLIT

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from migrator.sqlfiles import load
+from migrator.sqlgen.compose import load
 
 __all__ = ["SeedResult", "seed"]
 

@@ -1,6 +1,4 @@
-"""The flag state machine, persisted in the `migrator` schema.
-
-    legacy -> dual_write -> backfilled -> validated -> read_new -> write_new -> contracted
+"""The flag state machine, persisted in the `migrator` schema (the states and their order: lifecycle.STAGES).
 
 Every transition holds the migration's advisory lock (a second operator is refused, told who holds it), checks
 the state it starts from, records an audit row and sends NOTIFY migrator_flags, all in the transaction that
@@ -20,24 +18,14 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from migrator import names
+from migrator.sqlgen import names
 from migrator.db import Database, advisory_lock, operator_name, table_exists
 from migrator.errors import WrongState
-from migrator.phases.base import Action
+from migrator.engine.actions import Action
+from migrator.lifecycle import START, STATES, next_command
 from migrator.spec import Spec
-from migrator.sqlfiles import ident, join, literal, raw, render
+from migrator.sqlgen.compose import ident, join, literal, raw, render
 
-STATES = ("legacy", "dual_write", "backfilled", "validated", "read_new", "write_new", "contracted")
-# The command that leaves each state forward: the hint an out-of-order command prints.
-NEXT_COMMAND = {
-    "legacy": "expand",
-    "dual_write": "backfill",
-    "backfilled": "validate",
-    "validated": "switch-reads",
-    "read_new": "switch-writes",
-    "write_new": "contract",
-    "contracted": None,
-}
 NOTIFY_CHANNEL = "migrator_flags"
 
 
@@ -49,14 +37,6 @@ class State:
     paused: bool
     updated_at: datetime | None
     updated_by: str | None
-
-    @property
-    def reads_split(self) -> bool:
-        return self.state in ("read_new", "write_new", "contracted")
-
-    @property
-    def writes_split(self) -> bool:
-        return self.state in ("write_new", "contracted")
 
 
 def lock_parts(spec: Spec) -> tuple[str, str, str]:
@@ -74,12 +54,12 @@ def schema_action(spec: Spec) -> Action:
 def read(conn: psycopg.Connection[Any], spec: Spec) -> State:
     """The migration's state; `legacy` when the state schema does not exist yet."""
     if not table_exists(conn, spec.state_schema, "state"):
-        return State(spec.migration_name, "legacy", 0, False, None, None)
+        return State(spec.migration_name, START, 0, False, None, None)
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(render("state_select", state=names.state(spec, "state")), {"migration": spec.migration_name})
         row = cur.fetchone()
     if row is None:
-        return State(spec.migration_name, "legacy", 0, False, None, None)
+        return State(spec.migration_name, START, 0, False, None, None)
     return State(
         spec.migration_name, row["state"], row["read_percent"], row["paused"], row["updated_at"], row["updated_by"]
     )
@@ -89,7 +69,7 @@ def require(current: State, allowed: tuple[str, ...], command: str) -> None:
     """Refuse a command in the wrong state, naming the command that comes next."""
     if current.state in allowed:
         return
-    nxt = NEXT_COMMAND.get(current.state)
+    nxt = next_command(current.state)
     want = " or ".join(allowed)
     hint = f"run `migrator {nxt}` next" if nxt else "the migration is complete; `migrator rollback` goes back"
     raise WrongState(f"`{command}` needs state {want}; the migration is in {current.state}", hint=hint)

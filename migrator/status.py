@@ -7,10 +7,11 @@ from typing import Any
 
 import psycopg
 
-from migrator import names, state
+from migrator import lifecycle, state
+from migrator.sqlgen import names
 from migrator.db import Database
 from migrator.spec import Spec
-from migrator.sqlfiles import ident, render
+from migrator.sqlgen.compose import ident, render
 
 # Exact counts are what a DBA trusts; on a table too big to count quickly we show the planner's estimate instead.
 COUNT_TIMEOUT_MS = 10_000
@@ -65,16 +66,14 @@ def collect(db: Database, spec: Spec) -> Status:
             migration=spec.migration_name,
             database=db.display,
             state=st.state,
-            next_command=state.NEXT_COMMAND.get(st.state),
+            next_command=lifecycle.next_command(st.state),
             read_percent=st.read_percent,
             paused=st.paused,
             updated_at=st.updated_at,
             updated_by=st.updated_by,
         )
-        if st.state == "contracted":
-            from migrator.phases.contract import archive_name
-
-            result.tables.append(_table_status(conn, "legacy (archived)", spec.source.schema_, archive_name(spec)))
+        if lifecycle.stage(st.state).archived:
+            result.tables.append(_table_status(conn, "legacy (archived)", spec.source.schema_, names.archive_name(spec)))
         else:
             result.tables.append(_table_status(conn, "legacy", spec.source.schema_, spec.source.table))
         result.tables.append(_table_status(conn, "base", spec.target_schema, spec.base.table))

@@ -9,9 +9,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from migrator import guards, names
+from migrator import guards
+from migrator.sqlgen import names
 from migrator.spec import Spec
-from migrator.sqlfiles import ident
+from migrator.sqlgen.compose import ident
 
 
 def diff(conn: psycopg.Connection[Any], spec: Spec) -> list[tuple[str, Any]]:

@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from migrator import retry
+from migrator.engine import retry
 from migrator.db import Database, advisory_lock, mask_dsn, transaction
 from migrator.errors import BadInputError, LockHeld
 

@@ -15,7 +15,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from migrator import names, state
+from migrator import state
+from migrator.sqlgen import names
 from migrator.db import Database
 from migrator.errors import GuardFailed, WrongState
 from migrator.phases import backfill, expand, validate
@@ -23,7 +24,7 @@ from migrator.phases.base import Context
 from migrator.reports import write_json, write_junit
 from migrator.seed import seed
 from migrator.spec import Spec, load_spec
-from migrator.sqlfiles import as_text
+from migrator.sqlgen.compose import as_text
 from tests.conftest import SPECS, Server
 from tests.helpers import RandomWriters, quarantined
 

@@ -28,7 +28,9 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from migrator import names, retry, state, triggers
+from migrator import state
+from migrator.sqlgen import names, triggers
+from migrator.engine import retry
 from migrator.db import Database, scalar
 from migrator.errors import GuardFailed, OperationalError
 from migrator.phases import expand
@@ -44,7 +46,7 @@ from migrator.phases.base import (
     run_actions,
 )
 from migrator.spec import ColumnSpec, Spec
-from migrator.sqlfiles import ident, join, literal, raw, render
+from migrator.sqlgen.compose import ident, join, literal, raw, render
 
 name = "backfill"
 
@@ -299,7 +301,7 @@ def _keys_sql(spec: Spec, template: str) -> sql.Composed:
         legacy=names.source(spec),
         pk=ident(spec.pk),
         pk_type=raw(spec.source.primary_key_type),
-        sync_function=triggers.function_name(spec, "sync"),
+        sync_function=names.function_name(spec, "sync"),
     )
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from migrator import guards, names, state, triggers, views
+from migrator import guards, state
+from migrator.sqlgen import names, triggers, views
 from migrator.db import scalar
 from migrator.errors import GuardFailed
 from migrator.phases.backfill import BACKEND_FLUSH_AFTER, ChunkSizer
@@ -36,7 +37,7 @@ from migrator.phases.base import (
     run_actions,
 )
 from migrator.spec import Spec
-from migrator.sqlfiles import as_text, ident, join, literal, load, plpgsql_function, raw, render
+from migrator.sqlgen.compose import as_text, ident, join, literal, load, plpgsql_function, raw, render
 
 name = "contract"
 
@@ -118,7 +119,7 @@ def _repoint(spec: Spec, fk: ReferenceFK, to: sql.Identifier, to_column: str) ->
 def _compat_view(spec: Spec) -> list[sql.Composable]:
     """The legacy name and shape as a view over the split tables, writable through INSTEAD OF triggers."""
     seq = names.regclass_literal(spec.source.schema_, names.sequence_name(spec))
-    fn = triggers.function_name(spec, "compat_view")
+    fn = names.function_name(spec, "compat_view")
     body = render(
         "compat_view_trigger",
         base=names.split(spec, spec.base.table),
@@ -131,7 +132,7 @@ def _compat_view(spec: Spec) -> list[sql.Composable]:
         plpgsql_function(fn, body),
         render(
             "create_trigger",
-            trigger=triggers.trigger_name(spec, "compat_view"),
+            trigger=names.trigger_name(spec, "compat_view"),
             events=raw("INSTEAD OF INSERT OR UPDATE OR DELETE"),
             table=names.source(spec),
             level=raw("ROW"),

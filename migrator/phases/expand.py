@@ -13,12 +13,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from migrator import names, state, triggers
+from migrator import state
+from migrator.sqlgen import names, triggers
 from migrator.db import scalar
 from migrator.errors import GuardFailed, OperationalError, TableDoesNotExist
 from migrator.phases.base import Action, Context, Report, announce, check_done, object_name, run_actions
 from migrator.spec import ColumnSpec, Spec, split_table_columns
-from migrator.sqlfiles import as_text, ident, join, literal, load, raw, render
+from migrator.sqlgen.compose import as_text, ident, join, literal, load, raw, render
 
 name = "expand"
 
@@ -267,7 +268,7 @@ def _empty_stale_action(spec: Spec) -> Action:
     tables = [names.split(spec, t) for t in spec.split_tables()]
     empty = join([sql.SQL("NOT EXISTS (SELECT 1 FROM {})").format(t) for t in tables], " AND ")
     trigger_on = sql.SQL("EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass({}) AND tgname = {})").format(
-        literal(as_text(names.source(spec))), literal(triggers.trigger_name_text(spec, "forward"))
+        literal(as_text(names.source(spec))), literal(names.trigger_name_text(spec, "forward"))
     )
     statement = join(
         [
@@ -321,8 +322,8 @@ def verify(ctx: Context, conn: psycopg.Connection[Any] | None = None) -> Report:
             {
                 "table": as_text(names.source(spec)),
                 "names": [
-                    triggers.trigger_name_text(spec, "forward"),
-                    triggers.trigger_name_text(spec, "forward_truncate"),
+                    names.trigger_name_text(spec, "forward"),
+                    names.trigger_name_text(spec, "forward_truncate"),
                 ],
             },
         ).fetchall()
@@ -344,10 +345,10 @@ def rollback_plan(ctx: Context) -> list[Action]:
             "drop forward functions",
             join(
                 [
-                    render("drop_function", function=triggers.function_name(spec, "forward")),
-                    render("drop_function", function=triggers.function_name(spec, "forward_truncate")),
+                    render("drop_function", function=names.function_name(spec, "forward")),
+                    render("drop_function", function=names.function_name(spec, "forward_truncate")),
                     sql.SQL("DROP FUNCTION IF EXISTS {}({}, text, text)").format(
-                        triggers.function_name(spec, "sync"), names.source(spec)
+                        names.function_name(spec, "sync"), names.source(spec)
                     ),
                 ],
                 ";\n",

@@ -7,10 +7,11 @@ side (deterministically per key, see migrator.flags); raising P later is allowed
 
 from __future__ import annotations
 
-from migrator import guards, names, state, triggers
+from migrator import guards, state
+from migrator.sqlgen import names, triggers
 from migrator.errors import BadInputError
 from migrator.phases.base import Action, Context, Report, announce, run_actions
-from migrator.sqlfiles import literal, render
+from migrator.sqlgen.compose import literal, render
 
 name = "switch-reads"
 

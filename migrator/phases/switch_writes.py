@@ -9,7 +9,8 @@ sequence whichever side inserts, so no id is ever reused.
 
 from __future__ import annotations
 
-from migrator import guards, state, triggers
+from migrator import guards, state
+from migrator.sqlgen import triggers
 from migrator.phases.base import Action, Context, Report, announce, run_actions
 
 name = "switch-writes"
@@ -32,7 +33,7 @@ def apply(ctx: Context) -> None:
 def verify(ctx: Context) -> Report:
     report = Report(name)
     with ctx.require_db().connect(autocommit=True) as conn:
-        names_ = [triggers.trigger_name_text(ctx.spec, kind) for _, kind, _ in triggers.reverse_tables(ctx.spec)]
+        names_ = [names.trigger_name_text(ctx.spec, kind) for _, kind, _ in triggers.reverse_tables(ctx.spec)]
         row = conn.execute(
             "SELECT count(*) FROM pg_trigger WHERE tgname = ANY (%s) AND tgenabled <> 'D'", [names_]
         ).fetchone()

@@ -36,13 +36,15 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-from migrator import names, retry, state, views
+from migrator import state
+from migrator.sqlgen import names, views
+from migrator.engine import retry
 from migrator.db import Database
 from migrator.errors import GuardFailed, TableDoesNotExist, WrongState
 from migrator.phases.base import Action, Context, NullReporter, Query, RateLimiter, Report, Reporter
 from migrator.reports import JUnitCase, write_json, write_junit
 from migrator.spec import ColumnSpec, Spec
-from migrator.sqlfiles import as_text, ident, join, literal, raw, render_validator, validators_dir
+from migrator.sqlgen.compose import as_text, ident, join, literal, raw, render_validator, validators_dir
 
 name = "validate"
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from psycopg import sql
 
-_PKG = Path(__file__).resolve().parent
+# The package directory (migrator/), one level above this module.
+_PKG = Path(__file__).resolve().parent.parent
 
 
 def _dir(name: str) -> Path:

@@ -10,34 +10,22 @@ from collections.abc import Sequence
 
 from psycopg import sql
 
-from migrator import names
-from migrator.phases.base import MULTI_TABLE_LOCK_TIMEOUT, Action, object_name
+from migrator.engine.actions import Action
+from migrator.engine.session import MULTI_TABLE_LOCK_TIMEOUT
 from migrator.spec import ColumnSpec, Spec
-from migrator.sqlfiles import as_text, ident, join, literal, plpgsql_function, raw, render
-
-
-def function_name(spec: Spec, kind: str) -> sql.Identifier:
-    return ident(spec.state_schema, object_name(spec.migration_name, suffix=kind))
-
-
-def trigger_name_text(spec: Spec, kind: str) -> str:
-    return object_name("migrator", spec.migration_name, suffix=kind)
-
-
-def trigger_name(spec: Spec, kind: str) -> sql.Identifier:
-    return ident(trigger_name_text(spec, kind))
+from migrator.sqlgen import names, rules
+from migrator.sqlgen.views import meta_to_legacy
+from migrator.sqlgen.compose import as_text, ident, join, literal, plpgsql_function, raw, render
+from migrator.sqlgen.names import function_name, legacy_writes_sequence, trigger_name
 
 
 def _new(col: str, row: str = "r") -> sql.Composed:
-    return sql.Composed([raw(f"{row}."), ident(col)])
+    return rules.column(row, col)
 
 
 def _value(col: str, cs: ColumnSpec, row: str = "r") -> sql.Composable:
     """r.col, or coalesce(r.col, default) when the spec fills a missing required value."""
-    if cs.required and not isinstance(cs.on_missing, str):
-        default = sql.Composed([literal(cs.on_missing.default), raw(f"::{cs.type}")])
-        return sql.Composed([raw("coalesce("), _new(col, row), raw(", "), default, raw(")")])
-    return _new(col, row)
+    return rules.filled(_new(col, row), cs)
 
 
 def _upsert(
@@ -284,10 +272,6 @@ def drop_forward_actions(spec: Spec) -> list[Action]:
 # -- reverse sync (split -> legacy), on from switch-writes until contract ------------------------------------
 
 
-def legacy_writes_sequence(spec: Spec) -> sql.Identifier:
-    return ident(spec.state_schema, object_name(spec.migration_name, suffix="legacy_writes"))
-
-
 def _reverse_base(spec: Spec) -> sql.Composed:
     pk = spec.pk
     cols = list(spec.base.columns)
@@ -317,8 +301,6 @@ def _reverse_variant(spec: Spec, i: int) -> sql.Composed:
 
 
 def _reverse_meta(spec: Spec) -> sql.Composed:
-    from migrator.views import meta_to_legacy
-
     assert spec.meta is not None
     m = spec.meta
     key, link, value = ident(m.key_column), ident(spec.base.link_column), ident(m.value_column)
@@ -424,17 +406,3 @@ def drop_reverse_actions(spec: Spec) -> list[Action]:
             lock_timeout=MULTI_TABLE_LOCK_TIMEOUT,
         )
     ]
-
-
-def legacy_writes(conn: object, spec: Spec) -> int:
-    """How many direct legacy write statements the counter has seen (0 before switch-writes)."""
-    import psycopg
-
-    assert isinstance(conn, psycopg.Connection)
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [as_text(legacy_writes_sequence(spec))]).fetchone()
-    if not row or not row[0]:
-        return 0
-    value = conn.execute(
-        sql.SQL("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {}").format(legacy_writes_sequence(spec))
-    ).fetchone()
-    return int(value[0]) if value else 0

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from migrator import names
 from migrator.spec import Spec
-from migrator.sqlfiles import ident, join, literal, raw, render
+from migrator.sqlgen import names
+from migrator.sqlgen.compose import ident, join, literal, raw, render
+from migrator.sqlgen.rules import filled
 
 JSONB_TYPES = frozenset({"jsonb"})
 
@@ -86,26 +87,17 @@ def legacy_columns(spec: Spec, alias: str = "l") -> list[tuple[str, sql.Composab
     disc = _q(alias, spec.source.discriminator)
     exprs: dict[str, sql.Composable] = {spec.pk: _q(alias, spec.pk)}
     for col, cs in spec.base.columns.items():
-        exprs[col] = _filled(_q(alias, col), cs)
+        exprs[col] = filled(_q(alias, col), cs)
     for v in spec.variants:
         for col, cs in v.columns.items():
             exprs[col] = sql.SQL("CASE WHEN {disc} = {when} THEN {value} END").format(
-                disc=disc, when=literal(v.when), value=_filled(_q(alias, col), cs)
+                disc=disc, when=literal(v.when), value=filled(_q(alias, col), cs)
             )
     if spec.meta:
         for col, cs in spec.meta.columns.items():
             # Through jsonb and back, as the meta table stores it (e.g. a timestamp's text form).
             exprs[col] = meta_to_legacy(sql.SQL("to_jsonb({})").format(_q(alias, col)), cs.type)
     return [(c, exprs[c]) for c in spec.legacy_columns()]
-
-
-def _filled(expr: sql.Composable, cs: object) -> sql.Composable:
-    from migrator.spec import ColumnSpec
-
-    assert isinstance(cs, ColumnSpec)
-    if cs.required and not isinstance(cs.on_missing, str):
-        return sql.SQL("coalesce({}, {}::{})").format(expr, literal(cs.on_missing.default), raw(cs.type))
-    return expr
 
 
 def legacy_normalized(spec: Spec) -> sql.Composed:

@@ -73,7 +73,9 @@ def collect(db: Database, spec: Spec) -> Status:
             updated_by=st.updated_by,
         )
         if lifecycle.stage(st.state).archived:
-            result.tables.append(_table_status(conn, "legacy (archived)", spec.source.schema_, names.archive_name(spec)))
+            result.tables.append(
+                _table_status(conn, "legacy (archived)", spec.source.schema_, names.archive_name(spec))
+            )
         else:
             result.tables.append(_table_status(conn, "legacy", spec.source.schema_, spec.source.table))
         result.tables.append(_table_status(conn, "base", spec.target_schema, spec.base.table))

@@ -61,7 +61,9 @@ def rejections(spec: Spec, alias: str = "l") -> list[Rejection]:
     out: list[Rejection] = []
     for col, cs in spec.base.columns.items():
         if rejects_missing(cs):
-            out.append(Rejection(sql.SQL("{} IS NULL").format(column(alias, col)), "23502", _not_null(spec.base.table, col)))
+            out.append(
+                Rejection(sql.SQL("{} IS NULL").format(column(alias, col)), "23502", _not_null(spec.base.table, col))
+            )
     check = object_name(spec.base.table, disc_col, suffix="check")
     out.append(
         Rejection(
@@ -80,7 +82,9 @@ def rejections(spec: Spec, alias: str = "l") -> list[Rejection]:
 
 def rejection_reason(spec: Spec, field: Literal["sqlstate", "message"], alias: str = "l") -> sql.Composed:
     """CASE over the rejections: the SQLSTATE or the message PostgreSQL would give for row `alias`."""
-    whens = [sql.SQL("WHEN {} THEN {}").format(r.condition, literal(getattr(r, field))) for r in rejections(spec, alias)]
+    whens = [
+        sql.SQL("WHEN {} THEN {}").format(r.condition, literal(getattr(r, field))) for r in rejections(spec, alias)
+    ]
     return sql.Composed([raw("CASE "), join(whens, " "), raw(" END")])
 
 

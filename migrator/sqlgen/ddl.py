@@ -1,0 +1,193 @@
+"""The split schema's DDL, as Actions: tables with their keys and CHECK, foreign keys (NOT VALID, then VALIDATE),
+indexes (CONCURRENTLY). expand builds most of it; the backfill builds the indexes it defers until the rows are in.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from migrator.engine.actions import Action
+from migrator.spec import ColumnSpec, Spec
+from migrator.sqlgen import names
+from migrator.sqlgen.compose import ident, join, literal, raw, render
+from migrator.sqlgen.names import object_name
+
+
+def _column_defs(columns: dict[str, ColumnSpec]) -> sql.Composed:
+    defs: list[sql.Composable] = []
+    for col, cs in columns.items():
+        null = " NOT NULL" if cs.required else ""
+        defs.append(sql.Composed([ident(col), raw(f" {cs.type}{null}")]))
+    return join(defs, ",\n    ")
+
+
+def _constraint_done(spec: Spec, table: str, cname: str, *, validated: bool) -> sql.Composed:
+    return render(
+        "check_constraint_exists",
+        table=names.split_regclass(spec, table),
+        name=literal(cname),
+        validated=literal(validated),
+    )
+
+
+def _fk_actions(
+    spec: Spec, table: str, column: str, ref: sql.Identifier, ref_column: str, on_delete: str
+) -> list[Action]:
+    cname = object_name(table, column, suffix="fkey")
+    tbl = names.split(spec, table)
+    add = render(
+        "expand_add_fk",
+        table=tbl,
+        name=ident(cname),
+        column=ident(column),
+        ref_table=ref,
+        ref_column=ident(ref_column),
+        on_delete=raw(on_delete.upper()),
+    )
+    return [
+        Action(
+            f"add foreign key {cname} NOT VALID (no scan, brief lock)",
+            add,
+            done_check=_constraint_done(spec, table, cname, validated=False),
+        ),
+        # We validate in a separate transaction: VALIDATE scans under SHARE UPDATE EXCLUSIVE, which lets writes on.
+        Action(
+            f"validate foreign key {cname}",
+            render("expand_validate_fk", table=tbl, name=ident(cname)),
+            done_check=_constraint_done(spec, table, cname, validated=True),
+            statement_timeout=0,
+        ),
+    ]
+
+
+def index_name(spec: Spec, i: int) -> str:
+    ix = spec.indexes[i]
+    return ix.name or object_name(ix.table, *ix.columns, suffix="idx")
+
+
+def index_statement(spec: Spec, i: int, *, concurrently: bool = True) -> sql.Composed:
+    """CREATE INDEX for indexes[i]; without CONCURRENTLY only for benchmarks of an offline copy."""
+    ix = spec.indexes[i]
+    where: sql.Composable = raw("")
+    if ix.where:
+        preds: list[sql.Composable] = []
+        for col, value in ix.where.items():
+            if value is None:
+                preds.append(sql.Composed([ident(col), raw(" IS NULL")]))
+            else:
+                preds.append(sql.Composed([ident(col), raw(" = "), literal(value)]))
+        where = sql.Composed([raw(" WHERE "), join(preds, " AND ")])
+    return render(
+        "expand_create_index",
+        unique=raw("UNIQUE " if ix.unique else ""),
+        concurrently=raw("CONCURRENTLY " if concurrently else ""),
+        name=ident(index_name(spec, i)),
+        table=names.split(spec, ix.table),
+        method=raw(ix.method),
+        columns=join([ident(c) for c in ix.columns]),
+        where=where,
+    )
+
+
+def _index_action(spec: Spec, i: int) -> Action:
+    iname = index_name(spec, i)
+    return Action(
+        f"build index {iname} CONCURRENTLY",
+        index_statement(spec, i),
+        transactional=False,
+        statement_timeout=0,
+        done_check=render("check_index_valid", index=names.regclass_literal(spec.target_schema, iname)),
+        cleanup=sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(ident(spec.target_schema, iname)),
+    )
+
+
+INTEGER_TYPES = frozenset({"bigint", "int8", "integer", "int", "int4", "smallint", "int2"})
+_AUTO = "auto"
+
+
+def table_actions(spec: Spec, sequence: str | None = _AUTO) -> list[Action]:
+    """The split DDL: tables with keys and CHECK, then foreign keys, then indexes.
+
+    `sequence` is the legacy key's sequence as resolved on the database, None when the key has none (a uuid
+    key), or "auto" offline: integer keys are assumed to use PostgreSQL's conventional <table>_<key>_seq.
+    """
+    if sequence == _AUTO:
+        sequence = names.sequence_name(spec) if spec.source.primary_key_type.lower() in INTEGER_TYPES else None
+    base = spec.base
+    acts: list[Action] = []
+    if spec.target_schema != "public":
+        acts.append(
+            Action(
+                f"create schema {spec.target_schema}",
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident(spec.target_schema)),
+            )
+        )
+    acts.append(
+        Action(
+            f"create base table {base.table}",
+            render(
+                "expand_create_base",
+                table=names.split(spec, base.table),
+                pk=ident(spec.pk),
+                pk_type=raw(spec.source.primary_key_type),
+                # New ids come from the legacy sequence whichever side the app writes (DESIGN.md §Races 6).
+                default=sql.SQL(" DEFAULT nextval({}::regclass)").format(
+                    names.regclass_literal(spec.source.schema_, sequence)
+                )
+                if sequence
+                else raw(""),
+                columns=_column_defs(base.columns),
+                pk_name=ident(object_name(base.table, suffix="pkey")),
+                check_name=ident(object_name(base.table, spec.source.discriminator, suffix="check")),
+                discriminator=ident(spec.source.discriminator),
+                values=join([literal(v.when) for v in spec.variants]),
+            ),
+        )
+    )
+    for v in spec.variants:
+        acts.append(
+            Action(
+                f"create variant table {v.table} (rows where {spec.source.discriminator} = {v.when!r})",
+                render(
+                    "expand_create_variant",
+                    table=names.split(spec, v.table),
+                    link=ident(base.link_column),
+                    pk_type=raw(spec.source.primary_key_type),
+                    columns=_column_defs(v.columns),
+                    pk_name=ident(object_name(v.table, suffix="pkey")),
+                ),
+            )
+        )
+    if spec.meta:
+        m = spec.meta
+        acts.append(
+            Action(
+                f"create meta table {m.table}",
+                render(
+                    "expand_create_meta",
+                    table=names.split(spec, m.table),
+                    id=ident(m.id_column),
+                    link=ident(base.link_column),
+                    pk_type=raw(spec.source.primary_key_type),
+                    key=ident(m.key_column),
+                    value=ident(m.value_column),
+                    pk_name=ident(object_name(m.table, suffix="pkey")),
+                    unique_name=ident(object_name(m.table, base.link_column, m.key_column, suffix="key")),
+                ),
+            )
+        )
+    base_ref = names.split(spec, base.table)
+    for v in spec.variants:
+        acts += _fk_actions(spec, v.table, base.link_column, base_ref, spec.pk, "cascade")
+    if spec.meta:
+        acts += _fk_actions(spec, spec.meta.table, base.link_column, base_ref, spec.pk, "cascade")
+    for fk in base.foreign_keys:
+        ref = ident(fk.references_schema, fk.references)
+        acts += _fk_actions(spec, base.table, fk.column, ref, fk.references_column, fk.on_delete)
+    acts += index_actions(spec, "expand")
+    return acts
+
+
+def index_actions(spec: Spec, phase: str) -> list[Action]:
+    """The spec's indexes that `phase` ("expand" or "backfill") builds."""
+    return [_index_action(spec, i) for i in range(len(spec.indexes)) if spec.index_phase(i) == phase]

@@ -34,13 +34,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import DEFAULT_DSN, median, scratch_database  # noqa: E402
 
-from migrator import names, views  # noqa: E402
 from migrator.db import Database  # noqa: E402
-from migrator.phases import backfill, expand, validate  # noqa: E402
-from migrator.phases.base import Context  # noqa: E402
+from migrator.engine.context import Context  # noqa: E402
+from migrator.phases import backfill  # noqa: E402
+from migrator.phases.backfill import Backfill  # noqa: E402
+from migrator.phases.expand import Expand  # noqa: E402
 from migrator.seed import seed  # noqa: E402
 from migrator.spec import Spec, load_spec  # noqa: E402
+from migrator.sqlgen import names, views  # noqa: E402
 from migrator.sqlgen.compose import ident  # noqa: E402
+from migrator.verify.runner import DEFAULT_CHUNK_ROWS, DEFAULT_WORKERS, run_validation  # noqa: E402
 
 LEGACY_VIEW, SPLIT_VIEW = "bench_legacy_normalized", "bench_split_as_legacy"
 
@@ -116,8 +119,8 @@ def main() -> None:
     ap.add_argument("--dsn", default=DEFAULT_DSN, help="server to create the scratch database on")
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=validate.DEFAULT_WORKERS, help="validate's parallel chunk workers")
-    ap.add_argument("--chunk-rows", type=int, default=validate.DEFAULT_CHUNK_ROWS)
+    ap.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="validate's parallel chunk workers")
+    ap.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS)
     ap.add_argument("--reladiff-algorithm", default="auto", choices=["auto", "joindiff", "hashdiff"])
     ap.add_argument("--skip-keys-only", action="store_true", help="skip reladiff's keys-only comparison")
     ap.add_argument("--compare-hashes", action="store_true", help="also time the candidate row hashes")
@@ -130,8 +133,8 @@ def main() -> None:
         t0 = time.perf_counter()
         with db.connect() as c:
             seed(c, args.rows, dirty_ratio=0.05, random_seed=1)
-        expand.apply(Context(spec, db))
-        backfill.apply(Context(spec, db, options={"backfill": backfill.Options()}))
+        Expand().apply(Context(spec, db))
+        Backfill(backfill.Options()).apply(Context(spec, db))
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
             create_views(conn, spec)
@@ -140,7 +143,7 @@ def main() -> None:
         runs: dict[str, list[float]] = {"migrator": [], "reladiff": [], "reladiff_keys": [], "full_join": []}
         for i in range(args.runs):
             t = time.perf_counter()
-            result = validate.run_validation(db, spec, chunk_rows=args.chunk_rows, workers=args.workers)
+            result = run_validation(db, spec, chunk_rows=args.chunk_rows, workers=args.workers)
             runs["migrator"].append(time.perf_counter() - t)
             assert result.ok, result.summary()
             seconds, out = run_reladiff(dsn, spec, all_columns=True, algorithm=args.reladiff_algorithm)

@@ -6,13 +6,11 @@ and `migrator status --json | jq` stay clean.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console
@@ -30,24 +28,15 @@ from rich.progress import (
 from rich.syntax import Syntax
 from rich.table import Table
 
+from migrator import jsonenc
 from migrator.errors import ConfirmationRequired
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    return str(value)
-
-
 def to_json(value: Any) -> str:
-    return json.dumps(value, default=_default, sort_keys=False)
+    return jsonenc.dumps(value)
 
 
 def print_json(value: Any) -> None:
@@ -99,7 +88,7 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     for i, col in enumerate(columns):
         t.add_column(col, justify="right" if i and _numeric_column(rows, i) else "left")
     for row in rows:
-        t.add_row(*("" if v is None else _escape(_fmt(v)) for v in row))
+        t.add_row(*("" if v is None else _escape(fmt(v)) for v in row))
     out.print(t)
 
 
@@ -107,7 +96,7 @@ def _numeric_column(rows: Sequence[Sequence[Any]], i: int) -> bool:
     return bool(rows) and all(isinstance(r[i], int | float) or r[i] is None for r in rows)
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):

@@ -74,11 +74,27 @@ def _first_line(msg: str) -> str:
     return msg.strip().splitlines()[0] if msg.strip() else msg
 
 
+# Where a password sits in a URL (user:PASSWORD@) and in a keyword DSN (password=PASSWORD or password='…').
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)()")
+
+
+def _password_pattern(dsn: str) -> re.Pattern[str]:
+    return _URL_PASSWORD if "://" in dsn else _KEYWORD_PASSWORD
+
+
+def dsn_password(dsn: str) -> str | None:
+    """The password written in a DSN (even one that does not parse), so it can be scrubbed from any output."""
+    match = _password_pattern(dsn).search(dsn)
+    if not match or not match.group(2):
+        return None
+    value = match.group(2)
+    return value[1:-1] if len(value) > 1 and value[0] == value[-1] == "'" else value
+
+
 def mask_dsn(dsn: str) -> str:
     """The DSN as it may be printed: any password replaced by ***."""
-    if "://" in dsn:
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
+    return _password_pattern(dsn).sub(r"\1***\3", dsn)
 
 
 def libpq_dsn(url: URL) -> str:
@@ -151,32 +167,6 @@ class Database:
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
-
-
-def set_local_timeouts(
-    conn: psycopg.Connection[Any],
-    *,
-    lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
-    statement_timeout: float | None = None,
-) -> None:
-    """SET LOCAL lock_timeout / statement_timeout for the current transaction (seconds; 0 = no limit)."""
-    if lock_timeout is not None:
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(lock_timeout * 1000)}ms"])
-    if statement_timeout is not None:
-        conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{int(statement_timeout * 1000)}ms"])
-
-
-@contextmanager
-def transaction(
-    conn: psycopg.Connection[Any],
-    *,
-    lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
-    statement_timeout: float | None = None,
-) -> Iterator[psycopg.Connection[Any]]:
-    """One short transaction with its own timeouts, so a waiting DDL never queues the application behind it."""
-    with conn.transaction():
-        set_local_timeouts(conn, lock_timeout=lock_timeout, statement_timeout=statement_timeout)
-        yield conn
 
 
 # -- the migration's advisory lock -------------------------------------------------------------------------

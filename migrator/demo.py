@@ -17,10 +17,16 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from migrator import lifecycle, state
+from migrator import guards, lifecycle, operations, state
 from migrator.db import Database
-from migrator.phases import backfill, contract, expand, switch_reads, switch_writes
-from migrator.phases.base import Context, Reporter
+from migrator.engine.context import Context, Reporter
+from migrator.phases import contract, switch_reads
+from migrator.phases.backfill import Backfill
+from migrator.phases.contract import Contract
+from migrator.phases.expand import Expand
+from migrator.phases.switch_reads import SwitchReads
+from migrator.phases.switch_writes import SwitchWrites
+from migrator.phases.validate import Validate
 from migrator.seed import seed
 from migrator.spec import Spec, load_spec
 from migrator.sqlgen.compose import ident
@@ -46,7 +52,7 @@ class Writer:
         self.stats = WriterStats()
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name="demo-writer", daemon=True)
-        self._state = "legacy"
+        self._state = lifecycle.START
         self._state_at = 0.0
 
     def start(self) -> None:
@@ -73,7 +79,7 @@ class Writer:
             owner = int(conn.execute("SELECT min(id) FROM auth_user").fetchone()[0])  # type: ignore[index]
             next_at = time.monotonic()
             while not self.stop_event.is_set():
-                split = self._current_state(conn) in ("write_new", "contracted")
+                split = lifecycle.writes_split(self._current_state(conn))
                 try:
                     with conn.transaction():
                         self._one(conn, split, max_id, owner)
@@ -166,8 +172,6 @@ def run(
     on_phase: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Seed, then run every phase (with one rollback and re-advance) under a live writer, ending contracted."""
-    from migrator import guards
-
     spec = load_spec()
     dsn = _recreate(server_dsn, database)
     db = Database(dsn)
@@ -182,30 +186,28 @@ def run(
             now = state.read(c, spec).state
         phases.append((title, time.monotonic() - t0, now))
 
-    def ctx(**options: Any) -> Context:
-        return Context(spec, db, reporter=reporter, options=options)
+    ctx = Context(spec, db, reporter=reporter, reason="demo")
 
     with db.connect() as conn:
         seed(conn, rows, dirty_ratio=0.02, random_seed=42)
     writer = Writer(dsn, spec, rate=rate)
     writer.start()
     try:
-        phase("expand", lambda: expand.apply(ctx()))
-        phase("backfill", lambda: backfill.apply(ctx(backfill=backfill.Options())))
+        phase("expand", lambda: Expand().apply(ctx))
+        phase("backfill", lambda: Backfill().apply(ctx))
         with db.connect(autocommit=True) as c:
             quarantined = guards.open_quarantine(c, spec)
             # As the application team would: complete the rows the split schema rejected. The forward
             # triggers move them out of quarantine.
             phase("fix quarantined rows", lambda: _fix_dirty(c))
-        phase("validate", lambda: _validate(ctx()))
-        phase("switch-reads 50%", lambda: switch_reads.apply(ctx(percent=50)))
-        phase("switch-reads 100%", lambda: switch_reads.apply(ctx(percent=100)))
-        phase("switch-writes", lambda: switch_writes.apply(ctx()))
-        phase("rollback (write_new -> read_new)", lambda: lifecycle.rollback(ctx()))
-        phase("switch-writes again", lambda: switch_writes.apply(ctx()))
-        phase(
-            "contract --compat-view", lambda: contract.apply(ctx(quiet_period=quiet_period, compat_view=True, wait=60))
-        )
+        phase("validate", lambda: Validate().apply(ctx))
+        phase("switch-reads 50%", lambda: SwitchReads(switch_reads.Options(percent=50)).apply(ctx))
+        phase("switch-reads 100%", lambda: SwitchReads().apply(ctx))
+        phase("switch-writes", lambda: SwitchWrites().apply(ctx))
+        phase("rollback (write_new -> read_new)", lambda: operations.rollback(ctx))
+        phase("switch-writes again", lambda: SwitchWrites().apply(ctx))
+        contract_options = contract.Options(quiet_period=quiet_period, compat_view=True, wait=60)
+        phase("contract --compat-view", lambda: Contract(contract_options).apply(ctx))
     finally:
         stats = writer.stop()
     with db.connect(autocommit=True) as c:
@@ -226,9 +228,3 @@ def _fix_dirty(conn: psycopg.Connection[Any]) -> None:
         "study_frequency = coalesce(study_frequency, 'weekly') WHERE project_type = 'self_study' "
         "AND (goal_description IS NULL OR study_frequency IS NULL)"
     )
-
-
-def _validate(ctx: Context) -> None:
-    from migrator.phases import validate
-
-    validate.apply(ctx)

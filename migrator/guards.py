@@ -8,11 +8,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from migrator.sqlgen import names, triggers, views
 from migrator.db import Database
 from migrator.errors import GuardFailed
 from migrator.spec import Spec
-from migrator.sqlgen.compose import ident, render
+from migrator.sqlgen import names, views
+from migrator.sqlgen.compose import as_text, ident, render
+from migrator.verify.runner import run_validation
 
 
 def diff(conn: psycopg.Connection[Any], spec: Spec, limit: int = 1000) -> list[tuple[str, Any]]:
@@ -32,10 +33,8 @@ def diff(conn: psycopg.Connection[Any], spec: Spec, limit: int = 1000) -> list[t
 def require_in_sync(db: Database, spec: Spec, command: str) -> None:
     """Refuse `command` unless every legacy row equals its split rows right now: the full chunked validation
     (short REPEATABLE READ snapshots per key range, never one long snapshot on a big table)."""
-    from migrator.phases import validate
-
     # One worker: a guard runs while the application is live, and a second busy core is the application's.
-    result = validate.run_validation(db, spec, workers=1)
+    result = run_validation(db, spec, workers=1)
     if not result.ok:
         raise GuardFailed(
             f"`{command}` refused: {result.summary()}",

@@ -24,6 +24,8 @@ class Stage:
     reads: Side
     writes: Side
     sync: str
+    # The split tables hold every legacy row (copied or quarantined): a full validation applies.
+    split_complete: bool = False
     # The legacy table has been renamed to its archive.
     archived: bool = False
 
@@ -31,10 +33,17 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("legacy", None, "legacy", "legacy", "none"),
     Stage("dual_write", "expand", "legacy", "legacy", "forward triggers legacy -> split"),
-    Stage("backfilled", "backfill", "legacy", "legacy", "forward"),
-    Stage("validated", "validate", "legacy", "legacy", "forward"),
-    Stage("read_new", "switch-reads", "split", "legacy", "forward"),
-    Stage("write_new", "switch-writes", "split", "split", "both ways (reverse split -> legacy, forward kept)"),
+    Stage("backfilled", "backfill", "legacy", "legacy", "forward", split_complete=True),
+    Stage("validated", "validate", "legacy", "legacy", "forward", split_complete=True),
+    Stage("read_new", "switch-reads", "split", "legacy", "forward", split_complete=True),
+    Stage(
+        "write_new",
+        "switch-writes",
+        "split",
+        "split",
+        "both ways (reverse split -> legacy, forward kept)",
+        split_complete=True,
+    ),
     Stage("contracted", "contract", "split", "split", "none; legacy archived", archived=True),
 )
 

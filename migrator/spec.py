@@ -204,14 +204,6 @@ class Spec(_Model):
             cols.extend(self.meta.columns)
         return cols
 
-    def column_type(self, column: str) -> str:
-        if column == self.pk:
-            return self.source.primary_key_type
-        for _, _, col, cs in self.iter_columns():
-            if col == column:
-                return cs.type
-        raise KeyError(column)
-
     def iter_columns(self) -> Iterator[tuple[str, str, str, ColumnSpec]]:
         """(path, table, column, spec) for every non-key column of every split table."""
         for col, cs in self.base.columns.items():

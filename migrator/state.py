@@ -7,7 +7,6 @@ moves the state, so an application listening never sees a state the audit log do
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -18,12 +17,13 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from migrator.sqlgen import names
+from migrator import jsonenc
 from migrator.db import Database, advisory_lock, operator_name, table_exists
-from migrator.errors import WrongState
 from migrator.engine.actions import Action
+from migrator.errors import WrongState
 from migrator.lifecycle import START, STATES, next_command
 from migrator.spec import Spec
+from migrator.sqlgen import names
 from migrator.sqlgen.compose import ident, join, literal, raw, render
 
 NOTIFY_CHANNEL = "migrator_flags"
@@ -95,7 +95,7 @@ def record(
         "actor": operator_name(),
         "reason": reason,
         "duration_ms": duration_ms,
-        "details": json.dumps(details or {}, default=str),
+        "details": jsonenc.dumps(details or {}),
     }
     cur = conn.execute(
         render("state_record", state=names.state(spec, "state"), transitions=names.state(spec, "transitions")), params
@@ -107,7 +107,7 @@ def record(
         )
     conn.execute(
         "SELECT pg_notify(%s, %s)",
-        [NOTIFY_CHANNEL, json.dumps({"migration": spec.migration_name, "state": to_state, "from": from_state})],
+        [NOTIFY_CHANNEL, jsonenc.dumps({"migration": spec.migration_name, "state": to_state, "from": from_state})],
     )
 
 
@@ -196,5 +196,5 @@ def set_flags(conn: psycopg.Connection[Any], spec: Spec, **flags: Any) -> None:
                 {"migration": spec.migration_name, "value": value},
             )
         conn.execute(
-            "SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, json.dumps({"migration": spec.migration_name, **flags})]
+            "SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, jsonenc.dumps({"migration": spec.migration_name, **flags})]
         )

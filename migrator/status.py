@@ -8,13 +8,14 @@ from typing import Any
 import psycopg
 
 from migrator import lifecycle, state
-from migrator.sqlgen import names
 from migrator.db import Database
+from migrator.engine.session import set_local
 from migrator.spec import Spec
+from migrator.sqlgen import names
 from migrator.sqlgen.compose import ident, render
 
 # Exact counts are what a DBA trusts; on a table too big to count quickly we show the planner's estimate instead.
-COUNT_TIMEOUT_MS = 10_000
+COUNT_TIMEOUT = 10.0
 
 
 @dataclass
@@ -52,7 +53,7 @@ def _table_status(conn: psycopg.Connection[Any], role: str, schema: str, table: 
     estimate, size = row
     try:
         with conn.transaction():
-            conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{COUNT_TIMEOUT_MS}ms"])
+            set_local(conn, statement_timeout=COUNT_TIMEOUT)
             counted = conn.execute(psycopg.sql.SQL("SELECT count(*) FROM {}").format(ident(schema, table))).fetchone()
         return TableStatus(role, qualified, True, int(counted[0]) if counted else 0, True, int(size))
     except psycopg.errors.QueryCanceled:

@@ -10,8 +10,8 @@ import psycopg
 from psycopg import sql
 
 from migrator import guards
-from migrator.sqlgen import names
 from migrator.spec import Spec
+from migrator.sqlgen import names
 from migrator.sqlgen.compose import ident
 
 

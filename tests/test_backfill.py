@@ -15,9 +15,12 @@ import psycopg
 import pytest
 
 from migrator import state
+from migrator.copy import forward, forward_sql
 from migrator.db import Database
-from migrator.phases import backfill, expand
-from migrator.phases.base import Context
+from migrator.engine.context import Context
+from migrator.phases import backfill
+from migrator.phases.backfill import Backfill
+from migrator.phases.expand import Expand
 from migrator.seed import seed
 from migrator.spec import Spec
 from tests.helpers import RandomWriters, count, diff, quarantined
@@ -30,12 +33,13 @@ def expanded(db: Database, projects_spec: Spec) -> Database:
     """2,000 seeded legacy rows (5% dirty), expanded to dual_write."""
     with db.connect() as c:
         seed(c, 2000, dirty_ratio=0.05, random_seed=3)
-    expand.apply(Context(projects_spec, db))
+    Expand().apply(Context(projects_spec, db))
     return db
 
 
-def _ctx(db: Database, spec: Spec, **opts: Any) -> Context:
-    return Context(spec, db, options={"backfill": backfill.Options(**opts)})
+def _backfill(db: Database, spec: Spec, **opts: Any) -> None:
+    """Run the backfill phase to the end with these options."""
+    Backfill(backfill.Options(**opts)).apply(Context(spec, db))
 
 
 def _unsynced(conn: psycopg.Connection[Any], spec: Spec) -> int:
@@ -50,7 +54,7 @@ def _unsynced(conn: psycopg.Connection[Any], spec: Spec) -> int:
 
 def test_backfill_copies_every_row_keeping_ids(expanded: Database, projects_spec: Spec, conn: Any) -> None:
     """Every legacy row ends up in the split tables under its own id, or in quarantine; state backfilled."""
-    backfill.apply(_ctx(expanded, projects_spec))
+    _backfill(expanded, projects_spec)
     assert state.read(conn, projects_spec).state == "backfilled"
     assert diff(conn, projects_spec) == []
     q = quarantined(conn, projects_spec)
@@ -75,8 +79,8 @@ def test_backfill_uuid_spec_and_defaults(db: Database, payments_spec: Spec, conn
                CASE WHEN i % 7 = 0 THEN NULL ELSE 'DE' || i END, NULL,
                CASE WHEN i % 2 = 0 THEN jsonb_build_object('ok', true) END, NULL, i % 4
           FROM generate_series(1, 1500) i""")
-    expand.apply(Context(payments_spec, db))
-    backfill.apply(_ctx(db, payments_spec, workers=2, batch_size=100))
+    Expand().apply(Context(payments_spec, db))
+    _backfill(db, payments_spec, workers=2, batch_size=100)
     assert diff(conn, payments_spec) == []
     # card_brand missing -> filled with the spec's default, not quarantined
     assert conn.execute("SELECT count(*) FROM billing_v2.card_payments WHERE card_brand = 'unknown'").fetchone()[0] > 0
@@ -85,7 +89,7 @@ def test_backfill_uuid_spec_and_defaults(db: Database, payments_spec: Spec, conn
 
 def test_parallel_workers_share_ranges(expanded: Database, projects_spec: Spec, conn: Any) -> None:
     """--workers 3 splits the keys into ranges, every range is done once, and the result is complete."""
-    backfill.apply(_ctx(expanded, projects_spec, workers=3, batch_size=50))
+    _backfill(expanded, projects_spec, workers=3, batch_size=50)
     ranges = conn.execute(
         "SELECT count(*), count(*) FILTER (WHERE status = 'done'), count(DISTINCT worker), "
         "sum(rows_done) FROM migrator.backfill_ranges"
@@ -99,12 +103,12 @@ def test_parallel_workers_share_ranges(expanded: Database, projects_spec: Spec, 
 def test_crashed_workers_range_is_reclaimed(expanded: Database, projects_spec: Spec, conn: Any) -> None:
     """A range left 'running' by a worker whose connection is gone is taken over and finished."""
     with expanded.connect(autocommit=True) as c:
-        backfill.ensure_ranges(c, projects_spec, 2)
+        forward.ensure_ranges(c, projects_spec, 2)
     conn.execute(
         "UPDATE migrator.backfill_ranges SET status = 'running', worker = 'dead:1:0', worker_pid = 0, "
         "heartbeat = now(), cursor_key = NULL WHERE range_no = 0"
     )
-    backfill.apply(_ctx(expanded, projects_spec, workers=2))
+    _backfill(expanded, projects_spec, workers=2)
     assert conn.execute("SELECT count(*) FROM migrator.backfill_ranges WHERE status <> 'done'").fetchone()[0] == 0
     assert diff(conn, projects_spec) == []
     assert _unsynced(conn, projects_spec) == 0
@@ -113,15 +117,15 @@ def test_crashed_workers_range_is_reclaimed(expanded: Database, projects_spec: S
 def test_resume_from_checkpoint_copies_the_rest(expanded: Database, projects_spec: Spec, conn: Any) -> None:
     """A backfill stopped part-way resumes from its committed cursor and ends complete."""
     with expanded.connect(autocommit=True) as c:
-        backfill.ensure_ranges(c, projects_spec, 1)
-    shared = backfill.Shared(
+        forward.ensure_ranges(c, projects_spec, 1)
+    shared = forward.Shared(
         on_chunk=lambda f: shared.stop.set() if f["rows_total"] >= 600 else None, on_step=lambda m: None
     )
-    backfill.run_workers(expanded, projects_spec, backfill.Options(batch_size=200), shared)
+    forward.run_workers(expanded, projects_spec, backfill.Options(batch_size=200), shared)
     cursor, done = conn.execute("SELECT cursor_key, rows_done FROM migrator.backfill_ranges").fetchone()
     assert done == 600
     assert int(cursor) > 0
-    backfill.apply(_ctx(expanded, projects_spec, batch_size=200))
+    _backfill(expanded, projects_spec, batch_size=200)
     assert conn.execute("SELECT rows_done FROM migrator.backfill_ranges").fetchone()[0] == 2000
     assert diff(conn, projects_spec) == []
 
@@ -132,9 +136,9 @@ def test_pause_stops_workers_within_a_chunk(
     """`migrator pause` makes the workers stop after their current chunk; `resume` lets them finish."""
     assert run_cli("--dsn", database_url, "pause").exit_code == 0
     steps: list[str] = []
-    ctx = _ctx(expanded, projects_spec, batch_size=100)
-    ctx.reporter = type("R", (), {"step": lambda self, m: steps.append(m), "progress": lambda self, *a, **k: None})()
-    t = threading.Thread(target=backfill.apply, args=(ctx,))
+    reporter = type("R", (), {"step": lambda self, m: steps.append(m), "progress": lambda self, *a, **k: None})()
+    ctx = Context(projects_spec, expanded, reporter=reporter)
+    t = threading.Thread(target=Backfill(backfill.Options(batch_size=100)).apply, args=(ctx,))
     t.start()
     time.sleep(1.5)
     done_while_paused = conn.execute("SELECT sum(rows_done) FROM migrator.backfill_ranges").fetchone()[0]
@@ -150,8 +154,8 @@ def test_throttle_query_holds_the_backfill(expanded: Database, projects_spec: Sp
     """While the throttle query returns > 0 no chunk runs; when it returns 0 the backfill finishes."""
     conn.execute("CREATE TABLE throttle (v int)")
     conn.execute("INSERT INTO throttle VALUES (1)")
-    ctx = _ctx(expanded, projects_spec, throttle_query="SELECT v FROM throttle")
-    t = threading.Thread(target=backfill.apply, args=(ctx,))
+    phase = Backfill(backfill.Options(throttle_query="SELECT v FROM throttle"))
+    t = threading.Thread(target=phase.apply, args=(Context(projects_spec, expanded),))
     t.start()
     time.sleep(1.2)
     assert conn.execute("SELECT coalesce(sum(rows_done), 0) FROM migrator.backfill_ranges").fetchone()[0] == 0
@@ -212,10 +216,10 @@ def _race(
         [K0],
     )
     with db.connect(autocommit=True) as c:
-        backfill.ensure_ranges(c, spec, 1)
-    shared = backfill.Shared(on_chunk=lambda f: None, on_step=lambda m: None)
+        forward.ensure_ranges(c, spec, 1)
+    shared = forward.Shared(on_chunk=lambda f: None, on_step=lambda m: None)
     opts = backfill.Options(batch_size=100_000, lock_timeout=30)
-    worker = threading.Thread(target=backfill.run_workers, args=(db, spec, opts, shared))
+    worker = threading.Thread(target=forward.run_workers, args=(db, spec, opts, shared))
     worker.start()
     deadline = time.monotonic() + 20
     while not _waiting_on_lock(conn) and time.monotonic() < deadline:
@@ -243,7 +247,7 @@ def _race(
 def _naive(monkeypatch: pytest.MonkeyPatch, *edits: tuple[str, str], careful: bool = False) -> set[str]:
     """Patch the chunk's SQL (every form; with careful=True every form is the careful one) with the edits; returns
     the set of the edits' old texts it found."""
-    real = backfill.chunk_sql
+    real = forward_sql.chunk_sql
     found: set[str] = set()
 
     def patched(spec: Spec, has_cursor: bool, careful_form: bool = False) -> Any:
@@ -254,7 +258,7 @@ def _naive(monkeypatch: pytest.MonkeyPatch, *edits: tuple[str, str], careful: bo
                 text = text.replace(old, new)
         return psycopg.sql.SQL(text)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(backfill, "chunk_sql", patched)
+    monkeypatch.setattr(forward_sql, "chunk_sql", patched)
     return found
 
 
@@ -290,10 +294,10 @@ def test_rows_whose_fk_target_is_missing_are_quarantined(
     """A legacy row whose owner does not exist (legacy without the FK) is quarantined as 23503, never copied —
     whether the chunks may turn the FK triggers off or not."""
     if not triggers_off:
-        monkeypatch.setattr(backfill, "may_skip_fk_triggers", lambda conn: False)
+        monkeypatch.setattr(forward, "may_skip_fk_triggers", lambda conn: False)
     conn.execute("ALTER TABLE core_project DROP CONSTRAINT core_project_owner_id_fkey")
     conn.execute("UPDATE core_project SET owner_id = -1 WHERE id = %s", [K1])
-    backfill.apply(_ctx(expanded, projects_spec, batch_size=500))
+    _backfill(expanded, projects_spec, batch_size=500)
     assert quarantined(conn, projects_spec).get(str(K1)) == "23503"
     assert _orphans(conn) == 0
     assert _unsynced(conn, projects_spec) == 0
@@ -301,12 +305,12 @@ def test_rows_whose_fk_target_is_missing_are_quarantined(
 
 def test_verify_finds_a_base_row_pointing_at_a_missing_row(expanded: Database, projects_spec: Spec, conn: Any) -> None:
     """backfill's verify checks every foreign key as VALIDATE would: an orphan slipped in with triggers off fails."""
-    backfill.apply(_ctx(expanded, projects_spec))
-    assert backfill.verify(_ctx(expanded, projects_spec)).ok
+    _backfill(expanded, projects_spec)
+    assert Backfill().verify(Context(projects_spec, expanded)).ok
     with conn.transaction():
         conn.execute("SET LOCAL session_replication_role = replica")
         conn.execute("UPDATE projects SET owner_id = -5 WHERE id = (SELECT min(id) FROM projects)")
-    report = backfill.verify(_ctx(expanded, projects_spec))
+    report = Backfill().verify(Context(projects_spec, expanded))
     assert not report.ok
     assert any("missing auth_user" in f for f in report.failures)
 
@@ -400,7 +404,7 @@ def test_kill_9_at_random_points_then_resume(
     """The backfill process killed with SIGKILL at random moments, then run again, ends complete and equal."""
     with db.connect() as c:
         seed(c, 20_000, dirty_ratio=0.05, random_seed=11)
-    expand.apply(Context(projects_spec, db))
+    Expand().apply(Context(projects_spec, db))
     rng = random.Random(5)
     kills = 0
     for _ in range(5):
@@ -443,7 +447,7 @@ def test_stress_writers_during_parallel_backfill(
     every legacy row equals its split rows or is quarantined, and no split row lacks a legacy row."""
     with RandomWriters(database_url, max_id=2100) as writers:
         time.sleep(0.3)
-        backfill.apply(_ctx(expanded, projects_spec, workers=2, batch_size=40, max_rows_per_second=1500))
+        _backfill(expanded, projects_spec, workers=2, batch_size=40, max_rows_per_second=1500)
         time.sleep(0.3)
     failures, ops = writers.failures, [writers.ops]
     assert not failures, failures

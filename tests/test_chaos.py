@@ -21,11 +21,17 @@ import pytest
 
 from migrator import embedded, state
 from migrator.db import Database, advisory_key, lock_holder
+from migrator.engine.context import Context
+from migrator.engine.retry import connection_lost
 from migrator.errors import MigratorError
-from migrator.phases import backfill, expand, switch_reads, validate
-from migrator.phases.base import Context
+from migrator.phases import backfill, switch_reads
+from migrator.phases.backfill import Backfill
+from migrator.phases.expand import Expand
+from migrator.phases.switch_reads import SwitchReads
+from migrator.phases.validate import Validate
 from migrator.seed import seed
 from migrator.spec import Spec
+from migrator.verify.runner import run_validation
 from tests.helpers import count, diff
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
@@ -71,9 +77,9 @@ def _migrator_sessions(conn: psycopg.Connection[Any]) -> int:
 def _assert_clean(db: Database, spec: Spec, conn: psycopg.Connection[Any]) -> None:
     """Validation clean, and every legacy row is in the split tables or in quarantine."""
     assert diff(conn, spec) == []
-    result = validate.run_validation(db, spec)
+    result = run_validation(db, spec)
     assert result.ok, result.summary()
-    assert backfill.verify(Context(spec, db)).details["unsynced"] == 0
+    assert Backfill().verify(Context(spec, db)).details["unsynced"] == 0
 
 
 def _spawn(exe: str, dsn: str, *args: str, stdout: IO[Any] | int = subprocess.DEVNULL) -> subprocess.Popen[str]:
@@ -130,7 +136,7 @@ def test_backfill_killed_at_ten_points_then_resumed(
     """SIGKILL at 10 seeded moments (at spawn, after a chunk, mid-chunk, anywhere), then a resume: all rows, once."""
     with db.connect() as c:
         seed(c, 20_000, dirty_ratio=0.05, random_seed=23)
-    expand.apply(Context(projects_spec, db))
+    Expand().apply(Context(projects_spec, db))
     legacy = count(conn, "core_project")
     rng = random.Random(1207)
     plan = ["spawn", "first_chunk", "mid_chunk"] * 2 + [rng.choice(["spawn", "mid_chunk", "anytime"]) for _ in range(4)]
@@ -243,7 +249,7 @@ def test_server_restarted_mid_backfill_the_tool_reconnects(
     try:
         with db.connect() as c:
             seed(c, 30_000, dirty_ratio=0.05, random_seed=31)
-        expand.apply(Context(projects_spec, db))
+        Expand().apply(Context(projects_spec, db))
         out = tmp_path / "backfill.jsonl"
         with out.open("w") as sink:
             proc = _spawn(
@@ -291,16 +297,16 @@ def test_lost_and_refused_connections_count_as_connection_loss(db: Database, con
         conn.execute("SELECT pg_terminate_backend(%s)", [victim.info.backend_pid])  # as a fast shutdown does
         with pytest.raises(psycopg.Error) as terminated:
             victim.execute("SELECT 1")
-        assert backfill.connection_lost(terminated.value)
+        assert connection_lost(terminated.value)
         with pytest.raises(psycopg.Error) as closed:
             victim.execute("SELECT 1")
-        assert backfill.connection_lost(closed.value)
+        assert connection_lost(closed.value)
     with pytest.raises(MigratorError) as refused:  # the server is down: nothing listens
         Database("postgresql://nobody@127.0.0.1:1/none").raw_connect()
-    assert backfill.connection_lost(refused.value)
+    assert connection_lost(refused.value)
     with db.connect(autocommit=True) as c, pytest.raises(psycopg.Error) as bad_sql:
         c.execute("SELECT * FROM no_such_table")
-    assert not backfill.connection_lost(bad_sql.value)
+    assert not connection_lost(bad_sql.value)
 
 
 # -- 3. validate interrupted -------------------------------------------------------------------------------------
@@ -312,8 +318,8 @@ def test_validate_killed_mid_way_then_rerun(
     """`validate` SIGKILLed mid-way leaves the state and a free lock behind; the rerun passes and moves to validated."""
     with db.connect() as c:
         seed(c, 120_000, dirty_ratio=0.0, random_seed=41)
-    expand.apply(Context(projects_spec, db))
-    backfill.apply(Context(projects_spec, db, options={"backfill": backfill.Options(workers=4, chunk_time=0.5)}))
+    Expand().apply(Context(projects_spec, db))
+    Backfill(backfill.Options(workers=4, chunk_time=0.5)).apply(Context(projects_spec, db))
     # 120 chunks of 1,000 keys: about a second of work, so the kill lands with most chunks still to compare.
     proc = _spawn(migrator_exe, database_url, "--json", "validate", "--chunk-rows", "1000", stdout=subprocess.PIPE)
     try:
@@ -359,14 +365,15 @@ def test_validate_killed_mid_way_then_rerun(
 def _bring_to(db: Database, spec: Spec, target: str) -> None:
     with db.connect() as c:
         seed(c, 2_000, dirty_ratio=0.0, random_seed=53)
-    expand.apply(Context(spec, db))
+    ctx = Context(spec, db)
+    Expand().apply(ctx)
     if target == "dual_write":
         return
-    backfill.apply(Context(spec, db, options={"backfill": backfill.Options()}))
-    validate.apply(Context(spec, db))
+    Backfill().apply(ctx)
+    Validate().apply(ctx)
     if target == "validated":
         return
-    switch_reads.apply(Context(spec, db, options={"percent": 100}))
+    SwitchReads(switch_reads.Options(percent=100)).apply(ctx)
     assert target == "read_new"
 
 

@@ -77,10 +77,11 @@ def test_plan_json(run_cli: Any) -> None:
 @pytest.mark.unit
 def test_plan_accepts_every_phase() -> None:
     """`migrator plan PHASE` offers exactly the phases the planner knows, in order."""
-    from migrator import planning
-    from migrator.cli import PHASE_NAMES
+    from migrator import lifecycle, operations
 
-    assert tuple(planning.PHASES) == PHASE_NAMES
+    assert tuple(operations.PHASES) == lifecycle.PHASE_NAMES
+    choices = cli.commands["plan"].params[0].type.choices  # type: ignore[attr-defined]
+    assert tuple(choices) == lifecycle.PHASE_NAMES
 
 
 @pytest.mark.unit

@@ -7,8 +7,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from migrator.db import Database, advisory_lock, mask_dsn
 from migrator.engine import retry
-from migrator.db import Database, advisory_lock, mask_dsn, transaction
+from migrator.engine.session import transaction
 from migrator.errors import BadInputError, LockHeld
 
 

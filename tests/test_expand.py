@@ -10,12 +10,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from migrator import lifecycle, state
+from migrator import operations, state
 from migrator.db import Database, advisory_lock
-from migrator.phases import backfill, expand
-from migrator.phases.base import Context
+from migrator.engine.context import Context
+from migrator.phases.backfill import Backfill
+from migrator.phases.base import RollbackOptions
+from migrator.phases.expand import Expand
 from migrator.seed import seed
 from migrator.spec import Spec
+from migrator.sqlgen.ddl import index_actions
 from tests.helpers import count, diff, quarantined, split_rows_for
 
 pytestmark = pytest.mark.db
@@ -45,7 +48,7 @@ def seeded(db: Database, conn: psycopg.Connection[Any]) -> Database:
 @pytest.fixture
 def expanded(seeded: Database, projects_spec: Spec) -> Database:
     """The seeded database after `expand` (state dual_write)."""
-    expand.apply(Context(projects_spec, seeded))
+    Expand().apply(Context(projects_spec, seeded))
     return seeded
 
 
@@ -55,7 +58,7 @@ def expanded_empty(db: Database, projects_spec: Spec, conn: Any) -> Database:
     with db.connect() as c:
         seed(c, 0)
     conn.execute("INSERT INTO auth_user (username) VALUES ('owner')")
-    expand.apply(Context(projects_spec, db))
+    Expand().apply(Context(projects_spec, db))
     return db
 
 
@@ -67,7 +70,7 @@ def _one(conn: psycopg.Connection[Any], query: str, *params: Any) -> Any:
 
 def test_expand_creates_schema_and_moves_state(expanded: Database, projects_spec: Spec, conn: Any) -> None:
     """expand creates every split table, validates FKs, builds valid indexes, enables triggers, audits."""
-    report = expand.verify(Context(projects_spec, expanded))
+    report = Expand().verify(Context(projects_spec, expanded))
     assert report.ok, report.failures
     assert state.read(conn, projects_spec).state == "dual_write"
     audit = conn.execute("SELECT from_state, to_state, command FROM migrator.transitions").fetchall()
@@ -80,14 +83,14 @@ def test_expand_is_idempotent_after_a_partial_run(seeded: Database, projects_spe
     """A crash part-way (some tables, an INVALID index left behind) is finished by re-running expand."""
     ctx = Context(projects_spec, seeded)
     with seeded.connect(autocommit=True) as c:
-        actions = expand.plan(ctx, c)
-        from migrator.phases.base import run_actions
+        actions = Expand().plan(ctx, c)
+        from migrator.engine.actions import run_actions
 
         run_actions(c, actions[:4])  # state schema + some tables, then "crash"
     conn.execute("CREATE INDEX projects_owner_id_idx ON projects (owner_id)")
     conn.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'projects_owner_id_idx'::regclass")
-    expand.apply(ctx)
-    assert expand.verify(ctx).ok
+    Expand().apply(ctx)
+    assert Expand().verify(ctx).ok
     assert _one(conn, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'projects_owner_id_idx'::regclass")
 
 
@@ -98,9 +101,9 @@ def test_plan_is_what_expand_runs(seeded: Database, projects_spec: Spec, run_cli
     ran: list[str] = []
     ctx = Context(projects_spec, seeded)
     with seeded.connect(autocommit=True) as c:
-        from migrator.phases.base import run_actions
+        from migrator.engine.actions import run_actions
 
-        run_actions(c, expand.plan(ctx, c), on_step=lambda a, did: ran.append(a.text()))
+        run_actions(c, Expand().plan(ctx, c), on_step=lambda a, did: ran.append(a.text()))
     assert ran == planned
 
 
@@ -205,18 +208,18 @@ def test_truncate_empties_split_tables(expanded: Database, projects_spec: Spec, 
 def test_expand_rollback_expand(expanded: Database, projects_spec: Spec, conn: Any) -> None:
     """pgroll-style: expand -> rollback -> writes -> expand again leaves a correct, synced schema."""
     ctx = Context(projects_spec, expanded)
-    steps = lifecycle.rollback(ctx)
+    steps = operations.rollback(ctx)
     assert steps == [("dual_write", "legacy")]
     assert state.read(conn, projects_spec).state == "legacy"
     assert _one(conn, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'migrator%%'") == 0
     assert _one(conn, "SELECT to_regclass('projects') IS NOT NULL")  # kept without --drop-tables
     pid = _one(conn, INSERT_SELF, "while rolled back")
-    ctx2 = Context(projects_spec, expanded, options={"drop_tables": True})
-    expand.apply(ctx2)
-    lifecycle.rollback(ctx2)
+    ctx2 = Context(projects_spec, expanded)
+    Expand().apply(ctx2)
+    operations.rollback(ctx2, opts=RollbackOptions(drop_tables=True))
     assert _one(conn, "SELECT to_regclass('projects') IS NULL")
-    expand.apply(ctx)
-    assert expand.verify(ctx).ok
+    Expand().apply(ctx)
+    assert Expand().verify(ctx).ok
     conn.execute("UPDATE core_project SET name = 'after re-expand' WHERE id = %s", [pid])
     assert _one(conn, "SELECT name FROM projects WHERE id = %s", pid) == "after re-expand"
     transitions = conn.execute("SELECT from_state || '>' || to_state FROM migrator.transitions ORDER BY id")
@@ -308,13 +311,13 @@ def test_indexes_split_between_expand_and_backfill(
     assert "projects_owner_id_idx" in after_expand
     deferred = {"projects_project_type_idx", "projects_created_at_idx", "project_meta_value_idx"}
     assert not deferred & after_expand
-    assert [a.description for a in backfill.plan(Context(projects_spec, expanded))][-3:] == [
+    assert [a.description for a in Backfill().plan(Context(projects_spec, expanded))][-3:] == [
         f"build index {n} CONCURRENTLY"
         for n in ("projects_project_type_idx", "projects_created_at_idx", "project_meta_value_idx")
     ]
-    backfill.apply(Context(projects_spec, expanded, options={"workers": 1}))
+    Backfill().apply(Context(projects_spec, expanded))
     assert deferred <= _indexes(conn)
-    assert backfill.verify(Context(projects_spec, expanded)).ok
+    assert Backfill().verify(Context(projects_spec, expanded)).ok
 
 
 def test_index_build_override_and_unique(projects_spec: Spec) -> None:
@@ -325,4 +328,4 @@ def test_index_build_override_and_unique(projects_spec: Spec) -> None:
     spec = Spec.model_validate(data)
     assert [spec.index_phase(i) for i in range(4)] == ["expand", "expand", "expand", "backfill"]
     assert [projects_spec.index_phase(i) for i in range(4)] == ["expand", "backfill", "backfill", "backfill"]
-    assert len(expand.index_actions(spec, "expand")) == 3
+    assert len(index_actions(spec, "expand")) == 3

@@ -13,9 +13,9 @@ from psycopg import sql
 
 from migrator import state
 from migrator.db import Database
+from migrator.engine.context import Context
 from migrator.flags import FlagReader, FlagsUnavailable, bucket
-from migrator.phases import expand
-from migrator.phases.base import Context
+from migrator.phases.expand import Expand
 from migrator.seed import seed
 from migrator.spec import Spec
 from tests.conftest import Server
@@ -86,7 +86,7 @@ def test_reader_reports_dual_write_after_expand(db: Database, projects_spec: Spe
     """After expand on a seeded database the reader says dual_write, which still reads and writes legacy."""
     with db.connect() as c:
         seed(c, 200, random_seed=3)
-    expand.apply(Context(projects_spec, db))
+    Expand().apply(Context(projects_spec, db))
     with FlagReader(database_url) as r:
         assert r.state() == "dual_write"
         assert not r.reads_split(1)

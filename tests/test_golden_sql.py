@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from migrator import planning
+from migrator import operations
 from migrator.spec import Spec
 
 pytestmark = pytest.mark.unit
@@ -26,21 +26,21 @@ def _check(name: str, text: str) -> None:
     assert text == path.read_text(), f"rendered SQL differs from {path}; UPDATE_GOLDEN=1 rewrites it"
 
 
-@pytest.mark.parametrize("phase", list(planning.PHASES))
+@pytest.mark.parametrize("phase", list(operations.PHASES))
 def test_projects_plan_matches_golden(projects_spec: Spec, phase: str) -> None:
     """The projects spec renders exactly the reviewed SQL for each phase."""
-    _check(f"projects_{phase}", planning.render_script(planning.plans(projects_spec, [phase])))
+    _check(f"projects_{phase}", operations.render_script(operations.plans(projects_spec, [phase])))
 
 
-@pytest.mark.parametrize("phase", list(planning.PHASES))
+@pytest.mark.parametrize("phase", list(operations.PHASES))
 def test_payments_plan_matches_golden(payments_spec: Spec, phase: str) -> None:
     """The payments spec renders exactly the reviewed SQL for each phase."""
-    _check(f"payments_{phase}", planning.render_script(planning.plans(payments_spec, [phase])))
+    _check(f"payments_{phase}", operations.render_script(operations.plans(payments_spec, [phase])))
 
 
 def test_identifiers_are_always_quoted(payments_spec: Spec) -> None:
     """Every spec name appears only as a quoted identifier in the rendered SQL."""
-    text = planning.render_script(planning.plans(payments_spec))
+    text = operations.render_script(operations.plans(payments_spec))
     assert '"billing_v2"."payments"' in text
     assert '"card_payments"' in text
     assert " billing_v2.payments" not in text

@@ -9,8 +9,8 @@ from psycopg import sql
 
 from migrator import state
 from migrator.db import Database
-from migrator.phases import expand
-from migrator.phases.base import Context
+from migrator.engine.context import Context
+from migrator.phases.expand import Expand
 from migrator.spec import load_spec
 from tests.conftest import SPECS
 from tests.helpers import diff, quarantined
@@ -37,7 +37,7 @@ def test_hostile_spec_expands_and_syncs(db: Database, conn: Any) -> None:
         )
     )
     conn.execute("CREATE TABLE x (y int)")  # the table a naive renderer would drop
-    expand.apply(Context(spec, db))
+    Expand().apply(Context(spec, db))
     assert state.read(conn, spec).state == "dual_write"
     ins = sql.SQL("INSERT INTO {t} ({kind}, {name}, {a}, {c}, {m}) VALUES (%s, %s, %s, %s, %s)").format(
         t=legacy,
@@ -58,4 +58,4 @@ def test_hostile_spec_expands_and_syncs(db: Database, conn: Any) -> None:
     assert diff(conn, spec) == []
     assert list(quarantined(conn, spec).values()) == ["23502"]
     assert conn.execute("SELECT to_regclass('x') IS NOT NULL").fetchone() == (True,)
-    assert expand.verify(Context(spec, db)).ok
+    assert Expand().verify(Context(spec, db)).ok

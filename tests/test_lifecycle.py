@@ -9,33 +9,50 @@ from typing import Any
 import pytest
 from psycopg import sql
 
-from migrator import guards, lifecycle, state
+from migrator import guards, lifecycle, operations, state
+from migrator.copy import reverse
 from migrator.db import Database
 from migrator.demo import Writer
-from migrator.phases import backfill, contract, expand, switch_reads, switch_writes, validate
-from migrator.phases.base import Context
+from migrator.engine.context import Context
+from migrator.phases import contract, switch_reads, validate
+from migrator.phases.backfill import Backfill
+from migrator.phases.base import Phase
+from migrator.phases.contract import Contract
+from migrator.phases.expand import Expand
+from migrator.phases.switch_reads import SwitchReads
+from migrator.phases.switch_writes import SwitchWrites
+from migrator.phases.validate import Validate
 from migrator.seed import seed
 from migrator.spec import Spec
 
 pytestmark = pytest.mark.db
 
 
-def _ctx(db: Database, spec: Spec, **options: Any) -> Context:
-    return Context(spec, db, options=options)
+# Each forward phase, by its command, as these tests run it.
+PHASES: dict[str, Phase[Any]] = {
+    p.name: p
+    for p in (
+        Expand(),
+        Backfill(),
+        Validate(validate.Options(accept_quarantine=True)),
+        SwitchReads(switch_reads.Options(percent=100)),
+        SwitchWrites(),
+        Contract(contract.Options(quiet_period=0, compat_view=True)),
+    )
+}
 
 
 def _advance(db: Database, spec: Spec, to: str) -> None:
     """Run the forward phases until the migration is in `to`."""
-    steps = {
-        "legacy": lambda: expand.apply(_ctx(db, spec)),
-        "dual_write": lambda: backfill.apply(_ctx(db, spec, backfill=backfill.Options())),
-        "backfilled": lambda: validate.apply(_ctx(db, spec, accept_quarantine=True)),
-        "validated": lambda: switch_reads.apply(_ctx(db, spec, percent=100)),
-        "read_new": lambda: switch_writes.apply(_ctx(db, spec)),
-        "write_new": lambda: contract.apply(_ctx(db, spec, quiet_period=0, compat_view=True)),
-    }
     while (current := _state(db, spec)) != to:
-        steps[current]()
+        command = lifecycle.next_command(current)
+        assert command is not None, f"{to} is not ahead of {current}"
+        PHASES[command].apply(Context(spec, db))
+
+
+def _split_complete(state_: str | None) -> bool:
+    """Whether the split tables hold every legacy row in that state (legacy and split must then agree)."""
+    return state_ is not None and lifecycle.stage(state_).split_complete
 
 
 def _state(db: Database, spec: Spec) -> str:
@@ -56,7 +73,7 @@ def seeded(db: Database) -> Database:
     return db
 
 
-@pytest.mark.parametrize("target", ["dual_write", "backfilled", "validated", "read_new", "write_new", "contracted"])
+@pytest.mark.parametrize("target", lifecycle.STATES[1:])
 def test_advance_rollback_advance_under_a_writer(
     seeded: Database, projects_spec: Spec, database_url: str, target: str
 ) -> None:
@@ -66,10 +83,10 @@ def test_advance_rollback_advance_under_a_writer(
     writer.start()
     try:
         _advance(seeded, projects_spec, target)
-        if target not in ("dual_write", "contracted"):
+        if _split_complete(target):
             assert _in_sync(seeded, projects_spec) == []
-        lifecycle.rollback(_ctx(seeded, projects_spec))
-        if target not in ("backfilled", "dual_write"):
+        operations.rollback(Context(projects_spec, seeded))
+        if _split_complete(lifecycle.previous(target)):
             assert _in_sync(seeded, projects_spec) == []
         _advance(seeded, projects_spec, target)
         time.sleep(0.3)
@@ -78,7 +95,7 @@ def test_advance_rollback_advance_under_a_writer(
     assert stats.failures == 0, stats.errors
     assert stats.transactions > 20
     assert _state(seeded, projects_spec) == target
-    if target in ("backfilled", "validated", "read_new", "write_new"):
+    if _split_complete(target):
         assert _in_sync(seeded, projects_spec) == []
 
 
@@ -96,7 +113,7 @@ def test_contracted_rollback_then_readvance_validates_clean(
         "RETURNING id"
     ).fetchone()[0]
     before = dict(conn.execute("SELECT id, xmax::text FROM core_project_archived").fetchall())
-    lifecycle.rollback(_ctx(seeded, projects_spec))
+    operations.rollback(Context(projects_spec, seeded))
     assert _state(seeded, projects_spec) == "write_new"
     legacy = dict(conn.execute("SELECT id, name FROM core_project WHERE id IN (42, 43, %s)", [new_id]).fetchall())
     assert legacy == {42: "written while contracted", new_id: "via compat view"}
@@ -109,7 +126,7 @@ def test_contracted_rollback_then_readvance_validates_clean(
     # ... and no other legacy row was even locked (a row lock writes the locker into the row's xmax).
     after = dict(conn.execute("SELECT id, xmax::text FROM core_project").fetchall())
     assert {k for k, v in before.items() if after.get(k) != v} == {42, 43}
-    validate.apply(_ctx(seeded, projects_spec))
+    Validate().apply(Context(projects_spec, seeded))
     _advance(seeded, projects_spec, "contracted")
     assert _state(seeded, projects_spec) == "contracted"
 
@@ -157,7 +174,7 @@ def test_ids_come_from_one_sequence_on_both_sides(seeded: Database, projects_spe
         ).fetchone()[0]
         conn.execute("INSERT INTO self_study_projects VALUES (%s, 'g', 'daily')", [b])
     assert b > a
-    lifecycle.rollback(_ctx(seeded, projects_spec))  # write_new -> read_new
+    operations.rollback(Context(projects_spec, seeded))  # write_new -> read_new
     c = conn.execute(
         "INSERT INTO core_project (name, project_type, owner_id, goal_description, study_frequency) "
         "VALUES ('after rollback', 'self_study', 1, 'g', 'daily') RETURNING id"
@@ -238,17 +255,15 @@ def test_reverse_backfill_chunks_probe_indexes(db: Database, projects_spec: Spec
     statements = [
         *(
             (f"insert pass {k}", s)
-            for k, s in zip(("bound", "insert"), contract.insert_pass_statements(projects_spec)[False], strict=True)
+            for k, s in zip(("bound", "insert"), reverse.insert_pass_statements(projects_spec)[False], strict=True)
         ),
         *(
             (f"refresh pass {k}", s)
-            for k, s in zip(
-                ("bound", "candidates"), contract.refresh_pass_statements(projects_spec)[False], strict=True
-            )
+            for k, s in zip(("bound", "candidates"), reverse.refresh_pass_statements(projects_spec)[False], strict=True)
         ),
     ]
     with conn.transaction():
-        contract._chunk_settings(conn)
+        reverse.chunk_settings(conn)
         for what, stmt in statements:
             plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(stmt), params).fetchone()[0]
             nodes = _plan_nodes(plan[0]["Plan"])

@@ -14,11 +14,13 @@ import psycopg
 import pytest
 
 from migrator import rehearse as rh
+from migrator import snapshots
 from migrator.db import Database
-from migrator.phases import expand, validate
-from migrator.phases.base import Context
+from migrator.engine.context import Context
+from migrator.phases.expand import Expand
 from migrator.seed import seed
 from migrator.spec import Spec
+from migrator.verify.checks import CHECKS
 from tests.conftest import Server
 
 pytestmark = pytest.mark.db
@@ -31,7 +33,7 @@ def _server_major(url: str) -> int:
 
 def _dump(url: str, path: Path, fmt: str) -> Path:
     major = _server_major(url)
-    tool = rh.pick_tool("pg_dump", major, major)
+    tool = snapshots.pick_tool("pg_dump", major, major)
     subprocess.run([tool.path, f"-F{fmt}", "-f", str(path), url], check=True, capture_output=True)
     return path
 
@@ -68,7 +70,7 @@ def test_rehearsal_passes_on_a_snapshot(
     assert all(s.details["mismatches"] == 0 for s in validated)
     assert _gone(pg_server, result.database)
     cases = ET.parse(junit).getroot().findall(".//testcase")
-    assert len(cases) == len(result.steps) + len(validate.CHECKS)
+    assert len(cases) == len(result.steps) + len(CHECKS)
     assert not [c for c in cases if c.find("failure") is not None or c.find("error") is not None]
     data = json.loads(report.read_text())
     assert data["ok"] is True
@@ -79,7 +81,7 @@ def test_snapshot_taken_mid_migration_is_rolled_back_first(
     seeded_url: str, db: Database, pg_server: Server, projects_spec: Spec, tmp_path: Path
 ) -> None:
     """A snapshot taken in dual_write is first rolled back to legacy on the copy, then rehearsed whole."""
-    expand.apply(Context(projects_spec, db))
+    Expand().apply(Context(projects_spec, db))
     snapshot = _dump(seeded_url, tmp_path / "snap.dump", "c")
     result = rh.rehearse(pg_server.admin_url, snapshot, projects_spec)
     assert result.ok, result.summary()
@@ -92,7 +94,7 @@ def test_gzipped_plain_snapshot(seeded_url: str, pg_server: Server, projects_spe
     plain = _dump(seeded_url, tmp_path / "snap.sql", "p")
     gz = tmp_path / "snap.sql.gz"
     gz.write_bytes(gzip.compress(plain.read_bytes()))
-    info = rh.inspect_snapshot(gz)
+    info = snapshots.inspect_snapshot(gz)
     assert info.format == "plain-gzip"
     assert info.server_major == _server_major(seeded_url)
     result = rh.rehearse(pg_server.admin_url, gz, projects_spec, steps=rh.DEFAULT_STEPS[:3])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from migrator import runbooks, state
+from migrator import lifecycle, runbooks
 from migrator.db import Database
 from migrator.seed import seed
 from migrator.spec import Spec
@@ -19,7 +19,7 @@ from tests.test_lifecycle import _advance
 pytestmark = pytest.mark.db
 
 
-@pytest.mark.parametrize("page", list(state.STATES))
+@pytest.mark.parametrize("page", list(lifecycle.STATES))
 def test_runbook_commands_run_in_their_state(
     page: str, db: Database, projects_spec: Spec, database_url: str, migrator_exe: str, tmp_path: Path
 ) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from migrator import planning
+from migrator import operations
 from migrator.spec import load_spec
 from tests.conftest import SPECS
 
@@ -28,7 +28,7 @@ def test_plan_passes_squawk(spec_path: Path | None, tmp_path: Path) -> None:
     """Every phase's planned SQL lints clean (timeouts set, CONCURRENTLY, NOT VALID then VALIDATE)."""
     spec = load_spec(spec_path)
     script = tmp_path / "plan.sql"
-    script.write_text(planning.render_script(planning.plans(spec)))
+    script.write_text(operations.render_script(operations.plans(spec)))
     proc = subprocess.run(
         [_squawk(), "--exclude", "prefer-text-field", str(script)],
         capture_output=True,

@@ -16,15 +16,22 @@ import pytest
 from psycopg import sql
 
 from migrator import state
-from migrator.sqlgen import names
 from migrator.db import Database
+from migrator.engine.context import Context
 from migrator.errors import GuardFailed, WrongState
-from migrator.phases import backfill, expand, validate
-from migrator.phases.base import Context
-from migrator.reports import write_json, write_junit
+from migrator.phases import backfill, validate
+from migrator.phases.backfill import Backfill
+from migrator.phases.base import RollbackOptions
+from migrator.phases.expand import Expand
+from migrator.phases.validate import Validate
 from migrator.seed import seed
 from migrator.spec import Spec, load_spec
+from migrator.sqlgen import names
 from migrator.sqlgen.compose import as_text
+from migrator.verify.checks import CHECK_NAMES, CHECKS, SQL_CHECKS, check_files
+from migrator.verify.reports import write_json, write_junit
+from migrator.verify.result import VALUE_WIDTH, ColumnDiff, ValidationFailed, ValidationResult
+from migrator.verify.runner import run_validation
 from tests.conftest import SPECS, Server
 from tests.helpers import RandomWriters, quarantined
 
@@ -55,8 +62,8 @@ def backfilled_template(pg_server: Server) -> Iterator[str]:
         with db.connect() as c:
             seed(c, ROWS, dirty_ratio=0.05, random_seed=7)
         spec = load_spec()
-        expand.apply(Context(spec, db))
-        backfill.apply(Context(spec, db, options={"backfill": backfill.Options()}))
+        Expand().apply(Context(spec, db))
+        Backfill(backfill.Options()).apply(Context(spec, db))
         db.dispose()
         yield name
     finally:
@@ -88,8 +95,8 @@ def bf_conn(bf_url: str) -> Iterator[psycopg.Connection[Any]]:
         yield c
 
 
-def _validate(db: Database, spec: Spec | None = None, **kw: Any) -> validate.ValidationResult:
-    return validate.run_validation(db, spec or load_spec(), chunk_rows=kw.pop("chunk_rows", CHUNK), **kw)
+def _validate(db: Database, spec: Spec | None = None, **kw: Any) -> ValidationResult:
+    return run_validation(db, spec or load_spec(), chunk_rows=kw.pop("chunk_rows", CHUNK), **kw)
 
 
 def _one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
@@ -112,9 +119,7 @@ def _self_study(conn: psycopg.Connection[Any]) -> int:
     return int(_one(conn, "SELECT min(id) FROM projects WHERE project_type = 'self_study'"))
 
 
-def _assert_only(
-    result: validate.ValidationResult, key: int | str, checks: set[str], columns: set[str] | None = None
-) -> None:
+def _assert_only(result: ValidationResult, key: int | str, checks: set[str], columns: set[str] | None = None) -> None:
     """Exactly `key` fails, in exactly `checks`; row_equality names exactly `columns`."""
     failing = {c.name: {f.key for f in c.failures} for c in result.checks if c.count}
     assert failing == {c: {str(key)} for c in checks}, failing
@@ -299,7 +304,7 @@ def test_column_values_are_reported(bf_db: Database, bf_conn: Any) -> None:
     bf_conn.execute("UPDATE projects SET name = 'Corrupted' WHERE id = %s", [pid])
     result = _validate(bf_db)
     (diff,) = result.row_diffs
-    assert diff.columns == (validate.ColumnDiff("name", legacy_name, "Corrupted"),)
+    assert diff.columns == (ColumnDiff("name", legacy_name, "Corrupted"),)
     (failure,) = result.check("row_equality").failures
     assert failure.detail == f"name: legacy {legacy_name!r} != split 'Corrupted'"
     assert "row_equality 1" in result.summary()
@@ -312,7 +317,7 @@ def test_long_values_are_truncated(bf_db: Database, bf_conn: Any) -> None:
     bf_conn.execute("UPDATE self_study_projects SET goal_description = repeat('x', 5000) WHERE project_id = %s", [pid])
     (diff,) = _validate(bf_db).row_diffs
     assert diff.columns[0].split is not None
-    assert len(diff.columns[0].split) == validate.VALUE_WIDTH
+    assert len(diff.columns[0].split) == VALUE_WIDTH
     assert diff.columns[0].split.endswith("…")
 
 
@@ -382,8 +387,8 @@ def _payments(db: Database, conn: psycopg.Connection[Any], spec: Spec) -> None:
                CASE WHEN i % 7 = 0 THEN NULL ELSE 'DE' || i END, NULL,
                CASE WHEN i % 2 = 0 THEN jsonb_build_object('ok', true) END, 'n' || i, i % 4
           FROM generate_series(1, 800) i""")
-    expand.apply(Context(spec, db))
-    backfill.apply(Context(spec, db, options={"backfill": backfill.Options()}))
+    Expand().apply(Context(spec, db))
+    Backfill(backfill.Options()).apply(Context(spec, db))
 
 
 def test_payments_spec_uuid_keys_defaults_and_typed_meta(db: Database, conn: Any, payments_spec: Spec) -> None:
@@ -435,8 +440,8 @@ def test_hostile_identifiers_validate(db: Database, conn: Any) -> None:
             "NULL, 5, NULL), (DEFAULT, 'a''b', 'missing', NULL, NULL, NULL)"
         ).format(legacy)
     )
-    expand.apply(Context(spec, db))
-    backfill.apply(Context(spec, db, options={"backfill": backfill.Options()}))
+    Expand().apply(Context(spec, db))
+    Backfill(backfill.Options()).apply(Context(spec, db))
     result = _validate(db, spec, chunk_rows=1)
     assert result.ok, result.summary()
     assert result.quarantine.open == 1
@@ -456,11 +461,11 @@ def test_legacy_type_other_than_the_spec_type(db: Database, conn: Any, projects_
     with db.connect() as c:
         seed(c, 300, dirty_ratio=0.0, random_seed=2)
     conn.execute("ALTER TABLE core_project ALTER updated_at TYPE timestamp, ALTER owner_id TYPE integer")
-    expand.apply(Context(projects_spec, db))
-    backfill.apply(Context(projects_spec, db, options={"backfill": backfill.Options()}))
-    assert validate.run_validation(db, projects_spec, chunk_rows=50).ok
+    Expand().apply(Context(projects_spec, db))
+    Backfill(backfill.Options()).apply(Context(projects_spec, db))
+    assert run_validation(db, projects_spec, chunk_rows=50).ok
     conn.execute("UPDATE projects SET updated_at = updated_at + interval '1 hour' WHERE id = 7")
-    result = validate.run_validation(db, projects_spec, chunk_rows=50)
+    result = run_validation(db, projects_spec, chunk_rows=50)
     _assert_only(result, 7, {"row_equality"}, {"updated_at"})
 
 
@@ -482,13 +487,22 @@ def test_validation_passes_under_concurrent_writers(bf_db: Database, bf_url: str
 # -- the phase: transitions, guards, quarantine -----------------------------------------------------------------
 
 
-def _ctx(db: Database, **options: Any) -> Context:
-    return Context(load_spec(), db, options=options)
+def _ctx(db: Database, reason: str | None = None) -> Context:
+    return Context(load_spec(), db, reason=reason)
+
+
+def _phase(**options: Any) -> Validate:
+    """The validate phase on test-sized chunks."""
+    options.setdefault("chunk_rows", CHUNK)
+    return Validate(validate.Options(**options))
 
 
 def test_apply_moves_backfilled_to_validated_accepting_quarantine(bf_db: Database, bf_conn: Any) -> None:
     """Clean with --accept-quarantine: backfilled -> validated, quarantine rows accepted, audit row written."""
-    result = validate.apply(_ctx(bf_db, accept_quarantine=True, chunk_rows=CHUNK, reason="CHG-1"))
+    phase = _phase(accept_quarantine=True)
+    phase.apply(_ctx(bf_db, reason="CHG-1"))
+    result = phase.result
+    assert result is not None
     assert result.ok
     assert state.read(bf_conn, load_spec()).state == "validated"
     open_, accepted = bf_conn.execute(
@@ -507,7 +521,7 @@ def test_apply_moves_backfilled_to_validated_accepting_quarantine(bf_db: Databas
 def test_quarantine_blocks_without_accept(bf_db: Database, bf_conn: Any) -> None:
     """Open quarantine rows refuse the transition (exit 1) unless accepted; the state stays backfilled."""
     with pytest.raises(GuardFailed, match="in quarantine") as exc:
-        validate.apply(_ctx(bf_db, chunk_rows=CHUNK))
+        _phase().apply(_ctx(bf_db))
     assert exc.value.exit_code == 1
     assert "--accept-quarantine" in str(exc.value)
     assert state.read(bf_conn, load_spec()).state == "backfilled"
@@ -522,7 +536,7 @@ def test_clean_quarantine_needs_no_accept(bf_db: Database, bf_conn: Any) -> None
         " study_frequency = coalesce(study_frequency, 'daily')"
     )
     assert quarantined(bf_conn, load_spec()) == {}
-    validate.apply(_ctx(bf_db, chunk_rows=CHUNK))
+    _phase().apply(_ctx(bf_db))
     assert state.read(bf_conn, load_spec()).state == "validated"
 
 
@@ -531,8 +545,8 @@ def test_mismatch_fails_with_reports_and_keeps_state(bf_db: Database, bf_conn: A
     pid = _school(bf_conn)
     bf_conn.execute("UPDATE projects SET is_draft = NOT is_draft WHERE id = %s", [pid])
     junit, report = tmp_path / "out" / "v.xml", tmp_path / "v.json"
-    with pytest.raises(validate.ValidationFailed) as exc:
-        validate.apply(_ctx(bf_db, accept_quarantine=True, junit=str(junit), report=str(report), chunk_rows=CHUNK))
+    with pytest.raises(ValidationFailed) as exc:
+        _phase(accept_quarantine=True, junit=junit, report=report).apply(_ctx(bf_db))
     assert exc.value.exit_code == 1
     assert "\n" not in exc.value.message
     assert f"row_equality {pid}" in exc.value.message
@@ -549,29 +563,29 @@ def test_mismatch_fails_with_reports_and_keeps_state(bf_db: Database, bf_conn: A
 
 def test_rollback_validated_to_backfilled(bf_db: Database, bf_conn: Any) -> None:
     """rollback from validated moves the state back to backfilled; validate then advances it again."""
-    validate.apply(_ctx(bf_db, accept_quarantine=True, chunk_rows=CHUNK))
-    validate.rollback(_ctx(bf_db, reason="redo"))
+    _phase(accept_quarantine=True).apply(_ctx(bf_db))
+    Validate().rollback(_ctx(bf_db, reason="redo"), RollbackOptions())
     assert state.read(bf_conn, load_spec()).state == "backfilled"
-    validate.apply(_ctx(bf_db, chunk_rows=CHUNK))  # accepted rows stay accepted
+    _phase().apply(_ctx(bf_db))  # accepted rows stay accepted
     assert state.read(bf_conn, load_spec()).state == "validated"
 
 
 def test_read_only_in_later_states(bf_db: Database, bf_conn: Any) -> None:
     """In validated (and later) validate only checks: no transition, no audit row; a mismatch still fails."""
     spec = load_spec()
-    validate.apply(_ctx(bf_db, accept_quarantine=True, chunk_rows=CHUNK))
+    _phase(accept_quarantine=True).apply(_ctx(bf_db))
     transitions = _one(bf_conn, "SELECT count(*) FROM migrator.transitions")
     steps: list[str] = []
-    ctx = _ctx(bf_db, chunk_rows=CHUNK)
+    ctx, phase = _ctx(bf_db), _phase()
     ctx.reporter = type("R", (), {"step": lambda s, m: steps.append(m), "progress": lambda s, *a, **k: None})()
-    validate.apply(ctx)
+    phase.apply(ctx)
     assert state.read(bf_conn, spec).state == "validated"
     assert _one(bf_conn, "SELECT count(*) FROM migrator.transitions") == transitions
     assert any("state stays validated" in s for s in steps)
     bf_conn.execute("DELETE FROM school_projects WHERE project_id = %s", [_school(bf_conn)])
-    assert not validate.verify(ctx).ok
-    with pytest.raises(validate.ValidationFailed):
-        validate.apply(ctx)
+    assert not phase.verify(ctx).ok
+    with pytest.raises(ValidationFailed):
+        phase.apply(ctx)
 
 
 def test_refused_before_backfill(db: Database, conn: Any, projects_spec: Spec) -> None:
@@ -579,10 +593,10 @@ def test_refused_before_backfill(db: Database, conn: Any, projects_spec: Spec) -
     with db.connect() as c:
         seed(c, 50, random_seed=1)
     with pytest.raises(WrongState, match="run `migrator expand`"):
-        validate.apply(Context(projects_spec, db))
-    expand.apply(Context(projects_spec, db))
+        Validate().apply(Context(projects_spec, db))
+    Expand().apply(Context(projects_spec, db))
     with pytest.raises(WrongState, match="migrator backfill"):
-        validate.apply(Context(projects_spec, db))
+        Validate().apply(Context(projects_spec, db))
 
 
 def test_progress_and_steps_are_reported(bf_db: Database) -> None:
@@ -592,11 +606,11 @@ def test_progress_and_steps_are_reported(bf_db: Database) -> None:
     reporter = type(
         "R", (), {"step": lambda s, m: steps.append(m), "progress": lambda s, d, t, **f: events.append((d, t))}
     )()
-    result = validate.run_validation(bf_db, load_spec(), chunk_rows=CHUNK, reporter=reporter)
+    result = run_validation(bf_db, load_spec(), chunk_rows=CHUNK, reporter=reporter)
     assert len(events) == result.chunks
     assert events[-1][0] == result.rows + result.quarantine.open  # every legacy row read, quarantined ones too
     assert [d for d, _ in events] == sorted(d for d, _ in events)
-    for name in validate.CHECK_NAMES:
+    for name in CHECK_NAMES:
         assert any(s.startswith(f"{name}: ") for s in steps), name
 
 
@@ -611,10 +625,10 @@ def test_junit_has_one_testcase_per_check_and_json_has_counts(bf_db: Database, b
     write_json(result, tmp_path / "v.json")
     root = ET.parse(tmp_path / "v.xml").getroot()
     cases = root.findall(".//testcase")
-    assert [c.get("name") for c in cases] == list(validate.CHECK_NAMES)
+    assert [c.get("name") for c in cases] == list(CHECK_NAMES)
     failed = {c.get("name") for c in cases if c.find("failure") is not None}
     assert failed == {"row_equality", "variant_child"}
-    assert root.find("testsuite").get("tests") == str(len(validate.CHECKS))  # type: ignore[union-attr]
+    assert root.find("testsuite").get("tests") == str(len(CHECKS))  # type: ignore[union-attr]
     data = json.loads((tmp_path / "v.json").read_text())
     assert data["counts"] == {c.name: c.count for c in result.checks}
     assert data["counts"]["variant_child"] == 1
@@ -627,7 +641,7 @@ def test_junit_has_one_testcase_per_check_and_json_has_counts(bf_db: Database, b
 @pytest.mark.unit
 def test_every_validator_file_is_a_registered_check() -> None:
     """validators/*.sql (engine files aside) are exactly the registered SQL checks, so none is forgotten."""
-    assert validate.check_files() == sorted(c.name for c in validate.SQL_CHECKS)
+    assert check_files() == sorted(c.name for c in SQL_CHECKS)
 
 
 @pytest.mark.unit
@@ -635,7 +649,7 @@ def test_every_validator_file_is_a_registered_check() -> None:
 def test_plan_renders_without_a_database(spec_name: str) -> None:
     """`plan` renders every validation statement from the spec alone; every name is a quoted identifier."""
     spec = load_spec(None if spec_name == "projects" else SPECS / f"{spec_name}.toml")
-    actions = validate.plan(Context(spec))
+    actions = Validate().plan(Context(spec))
     text = "\n".join(a.text() for a in actions)
     assert len(actions) >= 10
     assert as_text(names.source(spec)) in text

@@ -42,7 +42,7 @@ def set_local(conn: psycopg.Connection[Any], **settings: Any) -> None:
     if not pairs:
         return
     calls = ", ".join("set_config(%s, %s, true)" for _ in pairs)
-    conn.execute(f"SELECT {calls}", [x for pair in pairs for x in pair])  # type: ignore[arg-type]
+    conn.execute(f"SELECT {calls}", [x for pair in pairs for x in pair])
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import psycopg
 
+from migrator import lifecycle
 from migrator.engine.actions import Action
 from migrator.engine.context import Context, Report
 
@@ -47,6 +48,16 @@ class Phase(ABC, Generic[OptionsT]):
     @classmethod
     @abstractmethod
     def default_options(cls) -> OptionsT: ...
+
+    @property
+    def entered(self) -> str:
+        """The state this phase enters (from lifecycle.STAGES)."""
+        return lifecycle.entered_by(self.name)
+
+    @property
+    def left(self) -> str:
+        """The state this phase starts from, and the one its rollback returns to."""
+        return lifecycle.left_by(self.name)
 
     @abstractmethod
     def plan(self, ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Action]:

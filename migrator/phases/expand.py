@@ -8,6 +8,7 @@ to tell it is already done, so re-running expand after a crash part-way finishes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -18,12 +19,16 @@ from migrator.db import scalar
 from migrator.engine.actions import Action, run_actions
 from migrator.engine.context import Context, Report
 from migrator.errors import GuardFailed, OperationalError, TableDoesNotExist
+from migrator.phases.base import Phase, RollbackOptions
 from migrator.spec import Spec, split_table_columns
 from migrator.sqlgen import names, triggers
 from migrator.sqlgen.compose import as_text, join, literal, load, render
 from migrator.sqlgen.ddl import table_actions
 
-name = "expand"
+
+@dataclass(frozen=True)
+class Options:
+    """expand takes no options today (the DDL lock timeout is the context's)."""
 
 
 def resolve_sequence(conn: psycopg.Connection[Any], spec: Spec) -> str | None:
@@ -72,17 +77,6 @@ def preflight(conn: psycopg.Connection[Any], spec: Spec) -> None:
             )
 
 
-def plan(ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Action]:
-    """State schema, split tables, constraints, indexes, then the forward triggers."""
-    sequence = resolve_sequence(conn, ctx.spec) if conn is not None else "auto"
-    return [
-        state.schema_action(ctx.spec),
-        *table_actions(ctx.spec, sequence),
-        _empty_stale_action(ctx.spec),
-        *triggers.forward_actions(ctx.spec),
-    ]
-
-
 def _empty_stale_action(spec: Spec) -> Action:
     """Split rows left by an earlier expand that was rolled back are stale (legacy writes were not synced
     meanwhile) and the backfill never overwrites: empty the split tables before the triggers go on. Nothing
@@ -111,85 +105,97 @@ def _empty_stale_action(spec: Spec) -> Action:
     )
 
 
-def apply(ctx: Context) -> None:
-    db = ctx.require_db()
-    with state.transition(db, ctx.spec, "expand", ("legacy",)) as tr:
-        preflight(tr.conn, ctx.spec)
-        actions = plan(ctx, tr.conn)
-        run_actions(tr.conn, actions, on_step=announce(ctx), lock_timeout=ctx.lock_timeout)
-        report = verify(ctx, tr.conn)
-        if not report.ok:
-            raise GuardFailed("expand finished but its checks failed: " + "; ".join(report.failures))
-        tr.finish(
-            "dual_write",
-            reason=ctx.options.get("reason"),
-            details={"steps": len(actions), "spec": ctx.spec.model_dump(mode="json", by_alias=True)},
+class Expand(Phase[Options]):
+    """legacy -> dual_write: state schema, split tables, constraints, indexes, then the forward triggers."""
+
+    name = "expand"
+
+    @classmethod
+    def default_options(cls) -> Options:
+        return Options()
+
+    def plan(self, ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Action]:
+        sequence = resolve_sequence(conn, ctx.spec) if conn is not None else "auto"
+        return [
+            state.schema_action(ctx.spec),
+            *table_actions(ctx.spec, sequence),
+            _empty_stale_action(ctx.spec),
+            *triggers.forward_actions(ctx.spec),
+        ]
+
+    def apply(self, ctx: Context) -> None:
+        with state.transition(ctx.require_db(), ctx.spec, self.name, (self.left,)) as tr:
+            preflight(tr.conn, ctx.spec)
+            actions = self.plan(ctx, tr.conn)
+            run_actions(tr.conn, actions, on_step=ctx.announce(), lock_timeout=ctx.lock_timeout)
+            report = self._verify(ctx, tr.conn)
+            if not report.ok:
+                raise GuardFailed("expand finished but its checks failed: " + "; ".join(report.failures))
+            tr.finish(
+                self.entered,
+                reason=ctx.reason,
+                details={"steps": len(actions), "spec": ctx.spec.model_dump(mode="json", by_alias=True)},
+            )
+
+    def verify(self, ctx: Context) -> Report:
+        """Split tables exist, every FK is validated, every index valid, forward triggers enabled."""
+        with ctx.require_db().connect(autocommit=True) as conn:
+            return self._verify(ctx, conn)
+
+    def _verify(self, ctx: Context, conn: psycopg.Connection[Any]) -> Report:
+        spec = ctx.spec
+        report = Report(self.name)
+        for table in spec.split_tables():
+            exists = bool(scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", [as_text(names.split(spec, table))]))
+            report.check(exists, f"table {table} exists", f"table {table} is missing")
+        report.check_done(conn, table_actions(spec, None))
+        enabled = dict(
+            conn.execute(
+                load("trigger_state"),
+                {
+                    "table": as_text(names.source(spec)),
+                    "names": [
+                        names.trigger_name_text(spec, "forward"),
+                        names.trigger_name_text(spec, "forward_truncate"),
+                    ],
+                },
+            ).fetchall()
         )
+        report.check(
+            len(enabled) == 2 and all(v != "D" for v in enabled.values()),
+            "forward triggers enabled",
+            f"forward triggers missing or disabled ({enabled or 'none'})",
+        )
+        return report
 
-
-def verify(ctx: Context, conn: psycopg.Connection[Any] | None = None) -> Report:
-    """Split tables exist, every FK is validated, every index valid, forward triggers enabled."""
-    if conn is None:
-        with ctx.require_db().connect(autocommit=True) as c:
-            return verify(ctx, c)
-    spec = ctx.spec
-    report = Report(name)
-    for table in spec.split_tables():
-        exists = bool(scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", [as_text(names.split(spec, table))]))
-        report.check(exists, f"table {table} exists", f"table {table} is missing")
-    check_done(report, conn, table_actions(spec, None))
-    enabled = dict(
-        conn.execute(
-            load("trigger_state"),
-            {
-                "table": as_text(names.source(spec)),
-                "names": [
-                    names.trigger_name_text(spec, "forward"),
-                    names.trigger_name_text(spec, "forward_truncate"),
-                ],
-            },
-        ).fetchall()
-    )
-    report.check(
-        len(enabled) == 2 and all(v != "D" for v in enabled.values()),
-        "forward triggers enabled",
-        f"forward triggers missing or disabled ({enabled or 'none'})",
-    )
-    return report
-
-
-def rollback_plan(ctx: Context) -> list[Action]:
-    """Detach the triggers and drop their functions; drop the split tables only when asked to."""
-    spec = ctx.spec
-    acts = [
-        *triggers.drop_forward_actions(spec),
-        Action(
-            "drop forward functions",
-            join(
-                [
-                    render("drop_function", function=names.function_name(spec, "forward")),
-                    render("drop_function", function=names.function_name(spec, "forward_truncate")),
-                    sql.SQL("DROP FUNCTION IF EXISTS {}({}, text, text)").format(
-                        names.function_name(spec, "sync"), names.source(spec)
-                    ),
-                ],
-                ";\n",
+    def rollback_plan(self, ctx: Context, opts: RollbackOptions) -> list[Action]:
+        """Detach the triggers and drop their functions; drop the split tables only when asked to."""
+        spec = ctx.spec
+        acts = [
+            *triggers.drop_forward_actions(spec),
+            Action(
+                "drop forward functions",
+                join(
+                    [
+                        render("drop_function", function=names.function_name(spec, "forward")),
+                        render("drop_function", function=names.function_name(spec, "forward_truncate")),
+                        sql.SQL("DROP FUNCTION IF EXISTS {}({}, text, text)").format(
+                            names.function_name(spec, "sync"), names.source(spec)
+                        ),
+                    ],
+                    ";\n",
+                ),
             ),
-        ),
-    ]
-    if ctx.options.get("drop_tables"):
-        for table in reversed(spec.split_tables()):
-            acts.append(Action(f"drop split table {table}", render("drop_table", table=names.split(spec, table))))
-    return acts
+        ]
+        if opts.drop_tables:
+            for table in reversed(spec.split_tables()):
+                acts.append(Action(f"drop split table {table}", render("drop_table", table=names.split(spec, table))))
+        return acts
 
-
-def rollback(ctx: Context) -> None:
-    """dual_write -> legacy: the application never depended on the split tables, so nothing can be lost."""
-    db = ctx.require_db()
-    with state.transition(db, ctx.spec, "rollback", ("dual_write",)) as tr:
-        run_actions(tr.conn, rollback_plan(ctx), on_step=announce(ctx), lock_timeout=ctx.lock_timeout)
-        kept = "dropped" if ctx.options.get("drop_tables") else "kept (drop them with --drop-tables)"
-        ctx.reporter.step(f"split tables {kept}")
-        tr.finish(
-            "legacy", reason=ctx.options.get("reason"), details={"drop_tables": bool(ctx.options.get("drop_tables"))}
-        )
+    def rollback(self, ctx: Context, opts: RollbackOptions) -> None:
+        """dual_write -> legacy: the application never depended on the split tables, so nothing can be lost."""
+        with state.transition(ctx.require_db(), ctx.spec, "rollback", (self.entered,)) as tr:
+            run_actions(tr.conn, self.rollback_plan(ctx, opts), on_step=ctx.announce(), lock_timeout=ctx.lock_timeout)
+            kept = "dropped" if opts.drop_tables else "kept (drop them with --drop-tables)"
+            ctx.reporter.step(f"split tables {kept}")
+            tr.finish(self.left, reason=ctx.reason, details={"drop_tables": opts.drop_tables})

@@ -9,49 +9,67 @@ sequence whichever side inserts, so no id is ever reused.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
 from migrator import guards, state
-from migrator.sqlgen import triggers
-from migrator.phases.base import Action, Context, Report, announce, run_actions
-
-name = "switch-writes"
-
-
-def plan(ctx: Context) -> list[Action]:
-    return triggers.reverse_actions(ctx.spec)
+from migrator.engine.actions import Action, run_actions
+from migrator.engine.context import Context, Report
+from migrator.phases.base import Phase, RollbackOptions
+from migrator.sqlgen import names, triggers
 
 
-def apply(ctx: Context) -> None:
-    """Guard: legacy equals split right before. Then reverse sync on, then the flag."""
-    with state.transition(ctx.require_db(), ctx.spec, "switch-writes", ("read_new",)) as tr:
-        guards.require_in_sync(ctx.require_db(), ctx.spec, "switch-writes")
-        run_actions(tr.conn, plan(ctx), on_step=announce(ctx), lock_timeout=ctx.lock_timeout)
-        with tr.conn.transaction():
-            guards.mark_legacy_writes(tr.conn, ctx.spec)  # the quiet period starts now
-        tr.finish("write_new", reason=ctx.options.get("reason"), flags={"read_percent": 100})
+@dataclass(frozen=True)
+class Options:
+    """switch-writes takes no options today."""
 
 
-def verify(ctx: Context) -> Report:
-    report = Report(name)
-    with ctx.require_db().connect(autocommit=True) as conn:
-        names_ = [names.trigger_name_text(ctx.spec, kind) for _, kind, _ in triggers.reverse_tables(ctx.spec)]
-        row = conn.execute(
-            "SELECT count(*) FROM pg_trigger WHERE tgname = ANY (%s) AND tgenabled <> 'D'", [names_]
-        ).fetchone()
-    report.check(
-        bool(row and row[0] == len(names_)), "reverse triggers enabled on every split table", "reverse triggers missing"
-    )
-    return report
+class SwitchWrites(Phase[Options]):
+    name = "switch-writes"
 
+    @classmethod
+    def default_options(cls) -> Options:
+        return Options()
 
-def rollback(ctx: Context) -> None:
-    """write_new -> read_new: legacy was kept complete by the reverse triggers; check that it equals split, then
-    flip the flag so applications write legacy again.
+    def plan(self, ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Action]:
+        return triggers.reverse_actions(ctx.spec)
 
-    The reverse triggers stay on: instances that have not seen the flag yet still write the split tables, and
-    those writes must reach legacy. They cost nothing once nobody writes split; `rollback` from read_new (or
-    `contract`) removes them.
-    """
-    with state.transition(ctx.require_db(), ctx.spec, "rollback", ("write_new",)) as tr:
-        guards.require_in_sync(ctx.require_db(), ctx.spec, "rollback")
-        ctx.reporter.step("reverse sync stays on until the next rollback, for instances still writing split")
-        tr.finish("read_new", reason=ctx.options.get("reason"))
+    def apply(self, ctx: Context) -> None:
+        """Guard: legacy equals split right before. Then reverse sync on, then the flag."""
+        db = ctx.require_db()
+        with state.transition(db, ctx.spec, self.name, (self.left,)) as tr:
+            guards.require_in_sync(db, ctx.spec, self.name)
+            run_actions(tr.conn, self.plan(ctx), on_step=ctx.announce(), lock_timeout=ctx.lock_timeout)
+            with tr.conn.transaction():
+                guards.mark_legacy_writes(tr.conn, ctx.spec)  # the quiet period starts now
+            tr.finish(self.entered, reason=ctx.reason, flags={"read_percent": 100})
+
+    def verify(self, ctx: Context) -> Report:
+        report = Report(self.name)
+        with ctx.require_db().connect(autocommit=True) as conn:
+            names_ = [names.trigger_name_text(ctx.spec, kind) for _, kind, _ in triggers.reverse_tables(ctx.spec)]
+            row = conn.execute(
+                "SELECT count(*) FROM pg_trigger WHERE tgname = ANY (%s) AND tgenabled <> 'D'", [names_]
+            ).fetchone()
+        report.check(
+            bool(row and row[0] == len(names_)),
+            "reverse triggers enabled on every split table",
+            "reverse triggers missing",
+        )
+        return report
+
+    def rollback(self, ctx: Context, opts: RollbackOptions) -> None:
+        """write_new -> read_new: legacy was kept complete by the reverse triggers; check that it equals split,
+        then flip the flag so applications write legacy again.
+
+        The reverse triggers stay on: instances that have not seen the flag yet still write the split tables, and
+        those writes must reach legacy. They cost nothing once nobody writes split; `rollback` from read_new (or
+        `contract`) removes them.
+        """
+        db = ctx.require_db()
+        with state.transition(db, ctx.spec, "rollback", (self.entered,)) as tr:
+            guards.require_in_sync(db, ctx.spec, "rollback")
+            ctx.reporter.step("reverse sync stays on until the next rollback, for instances still writing split")
+            tr.finish(self.left, reason=ctx.reason)

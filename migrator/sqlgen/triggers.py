@@ -12,11 +12,11 @@ from psycopg import sql
 
 from migrator.engine.actions import Action
 from migrator.engine.session import MULTI_TABLE_LOCK_TIMEOUT
-from migrator.spec import ColumnSpec, Spec
+from migrator.spec import ColumnSpec, Spec, Variant
 from migrator.sqlgen import names, rules
-from migrator.sqlgen.views import meta_to_legacy
 from migrator.sqlgen.compose import as_text, ident, join, literal, plpgsql_function, raw, render
 from migrator.sqlgen.names import function_name, legacy_writes_sequence, trigger_name
+from migrator.sqlgen.views import meta_to_legacy
 
 
 def _new(col: str, row: str = "r") -> sql.Composed:
@@ -54,6 +54,35 @@ def _upsert(
     )
 
 
+def _variant_upsert(spec: Spec, v: Variant, row: str) -> sql.Composed:
+    """Upsert the variant's child row from the legacy-shaped row `row`."""
+    return _upsert(
+        names.split(spec, v.table),
+        [spec.base.link_column],
+        [_new(spec.pk, row)],
+        list(v.columns),
+        [_value(c, cs, row) for c, cs in v.columns.items()],
+    )
+
+
+def _meta_sync(spec: Spec, col: str, row: str, op: str) -> sql.Composed:
+    """Upsert or delete the meta row of legacy column `col`, by the NULL-ness of row.col."""
+    assert spec.meta is not None
+    m = spec.meta
+    return render(
+        "forward_meta",
+        col=ident(col),
+        table=names.split(spec, m.table),
+        link=ident(spec.base.link_column),
+        pk=ident(spec.pk),
+        key=ident(m.key_column),
+        value=ident(m.value_column),
+        name=literal(col),
+        row=raw(row),
+        op=raw(op),
+    )
+
+
 def forward_sync_body(spec: Spec, row: str = "r", op: str = "p_op", inserted: str | None = None) -> sql.Composed:
     """The statements that make the split rows equal the legacy-shaped row `row` (base first: children
     reference it). `op` names the variable holding INSERT/UPDATE/SYNC: on INSERT there is nothing to delete.
@@ -71,13 +100,7 @@ def forward_sync_body(spec: Spec, row: str = "r", op: str = "p_op", inserted: st
         )
     ]
     for v in spec.variants:
-        upsert = _upsert(
-            names.split(spec, v.table),
-            [link],
-            [_new(pk, row)],
-            list(v.columns),
-            [_value(c, cs, row) for c, cs in v.columns.items()],
-        )
+        upsert = _variant_upsert(spec, v, row)
         stmts.append(
             render(
                 "forward_variant",
@@ -92,22 +115,7 @@ def forward_sync_body(spec: Spec, row: str = "r", op: str = "p_op", inserted: st
             )
         )
     if spec.meta:
-        m = spec.meta
-        for col in m.columns:
-            stmts.append(
-                render(
-                    "forward_meta",
-                    col=ident(col),
-                    table=names.split(spec, m.table),
-                    link=ident(link),
-                    pk=ident(pk),
-                    key=ident(m.key_column),
-                    value=ident(m.value_column),
-                    name=literal(col),
-                    row=rw,
-                    op=opv,
-                )
-            )
+        stmts += [_meta_sync(spec, col, row, op) for col in spec.meta.columns]
     return join(stmts, "\n        ")
 
 
@@ -148,7 +156,7 @@ def forward_update_fast_path(spec: Spec) -> dict[str, sql.Composable]:
     """Slots of forward_trigger for an UPDATE that keeps the key and the discriminator: the base row's update
     (only when its columns changed), then the current variant's child and each meta column, each
     only when its columns changed."""
-    pk, link = spec.pk, spec.base.link_column
+    pk = spec.pk
     base_cols = list(spec.base.columns.items())
     base_update = sql.SQL("UPDATE {} SET ({}) = ROW({}) WHERE {} = NEW.{};").format(
         names.split(spec, spec.base.table),
@@ -167,34 +175,14 @@ def forward_update_fast_path(spec: Spec) -> dict[str, sql.Composable]:
                 disc=ident(spec.source.discriminator),
                 when=literal(v.when),
                 changed=_changed([(c, cs) for c, cs in v.columns.items()]),
-                upsert=_upsert(
-                    names.split(spec, v.table),
-                    [link],
-                    [_new(pk, "NEW")],
-                    list(v.columns),
-                    [_value(c, cs, "NEW") for c, cs in v.columns.items()],
-                ),
+                upsert=_variant_upsert(spec, v, "NEW"),
             )
         )
     if spec.meta:
-        m = spec.meta
-        for col in m.columns:
+        for col in spec.meta.columns:
             changed.append(
                 render(
-                    "forward_changed_meta",
-                    changed=_changed([(col, None)]),
-                    sync=render(
-                        "forward_meta",
-                        col=ident(col),
-                        table=names.split(spec, m.table),
-                        link=ident(link),
-                        pk=ident(pk),
-                        key=ident(m.key_column),
-                        value=ident(m.value_column),
-                        name=literal(col),
-                        row=raw("NEW"),
-                        op=raw("TG_OP"),
-                    ),
+                    "forward_changed_meta", changed=_changed([(col, None)]), sync=_meta_sync(spec, col, "NEW", "TG_OP")
                 )
             )
     return {

@@ -8,16 +8,16 @@ replaced first, or the file would not parse.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from decimal import Decimal
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+
+from migrator import jsonenc
 
 JUNIT_FAILURE_LINES = 50  # failing keys listed per testcase; the count and the JSON report have them all
 
@@ -105,21 +105,9 @@ def write_junit(result: JUnitReportable, path: str | Path) -> None:
     _write_atomic(Path(path), junit_xml(result.suite_name, result.junit_cases()))
 
 
-def _default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
-
-
 def write_json(result: JUnitReportable, path: str | Path) -> None:
     """Write `result.as_dict()` as indented JSON."""
-    text = json.dumps(result.as_dict(), default=_default, indent=2, ensure_ascii=False) + "\n"
+    text = jsonenc.dumps(result.as_dict(), indent=2, ensure_ascii=False) + "\n"
     _write_atomic(Path(path), text.encode())
 
 

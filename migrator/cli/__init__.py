@@ -1,0 +1,10 @@
+"""The `migrator` command: parse options, call one library function, render the result. No SQL here.
+
+app.py holds the group, the global options and the error handler; the commands live in phase_commands.py and
+tool_commands.py (importing them registers them on the group).
+"""
+
+from migrator.cli import phase_commands, tool_commands
+from migrator.cli.app import cli, main
+
+__all__ = ["cli", "main", "phase_commands", "tool_commands"]

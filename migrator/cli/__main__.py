@@ -1,0 +1,5 @@
+"""`python -m migrator.cli`: the same as the `migrator` console script."""
+
+from migrator.cli.app import main
+
+main()

@@ -29,25 +29,24 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from migrator import names  # noqa: E402
 from migrator.db import Database  # noqa: E402
-from migrator.phases import backfill, expand  # noqa: E402
-from migrator.phases.base import Context  # noqa: E402
+from migrator.engine.context import Context  # noqa: E402
+from migrator.phases.expand import Expand  # noqa: E402
 from migrator.seed import seed  # noqa: E402
 from migrator.spec import Spec, load_spec  # noqa: E402
+from migrator.sqlgen import ddl, names, rules  # noqa: E402
 from migrator.sqlgen.compose import ident, join, literal, raw  # noqa: E402
 
 
 def offline_statements(spec: Spec) -> list[sql.Composed]:
     """What a DBA would run offline: one INSERT … SELECT per split table, valid rows only."""
-    invalid = backfill._invalid_expr(spec)
+    invalid = rules.invalid(spec, "l")
     legacy, pk, link = names.source(spec), spec.pk, spec.base.link_column
-    col = lambda c: sql.SQL("l.{}").format(ident(c))  # noqa: E731
     stmts = [
         sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} AS l WHERE NOT {}").format(
             names.split(spec, spec.base.table),
             join([ident(c) for c in [pk, *spec.base.columns]]),
-            join([col(c) for c in [pk, *spec.base.columns]]),
+            join([rules.column("l", c) for c in [pk, *spec.base.columns]]),
             legacy,
             invalid,
         )
@@ -57,7 +56,7 @@ def offline_statements(spec: Spec) -> list[sql.Composed]:
             sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} AS l WHERE NOT {} AND l.{} = {}").format(
                 names.split(spec, v.table),
                 join([ident(c) for c in [link, *v.columns]]),
-                join([col(c) for c in [pk, *v.columns]]),
+                join([rules.column("l", c) for c in [pk, *v.columns]]),
                 legacy,
                 invalid,
                 ident(spec.source.discriminator),
@@ -96,7 +95,7 @@ def empty_split(conn: psycopg.Connection[Any], spec: Spec) -> None:
     tables = join([names.split(spec, t) for t in spec.split_tables()])
     conn.execute(sql.SQL("TRUNCATE {}").format(tables))
     for i in deferred_indexes(spec):
-        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(ident(spec.target_schema, expand.index_name(spec, i))))
+        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(ident(spec.target_schema, ddl.index_name(spec, i))))
     conn.execute(
         sql.SQL("DELETE FROM {} WHERE migration = %s").format(names.state(spec, "backfill_ranges")),
         [spec.migration_name],
@@ -118,7 +117,7 @@ def run_offline(dsn: str, spec: Spec) -> float:
             conn.execute(stmt)
         # Offline, a DBA builds the indexes after the load, plainly (no CONCURRENTLY, nobody else is writing).
         for i in deferred_indexes(spec):
-            conn.execute(expand.index_statement(spec, i, concurrently=False))
+            conn.execute(ddl.index_statement(spec, i, concurrently=False))
         conn.commit()
         return time.perf_counter() - t0
 
@@ -165,7 +164,7 @@ def main() -> None:
             t0 = time.perf_counter()
             seed(conn, args.rows, random_seed=1)
             seed_s = time.perf_counter() - t0
-        expand.apply(Context(spec, Database(dsn)))
+        Expand().apply(Context(spec, Database(dsn)))
         offline: list[float] = []
         online: list[float] = []
         rss: list[int] = []

@@ -34,12 +34,16 @@ from backfill import offline_statements  # noqa: E402
 from common import find_pgbench, scratch_database  # noqa: E402
 from zero_downtime import latencies, pct, run_load  # noqa: E402
 
-from migrator import names  # noqa: E402
+from migrator.copy.forward import BACKEND_FLUSH_AFTER  # noqa: E402
 from migrator.db import Database  # noqa: E402
-from migrator.phases import backfill, expand  # noqa: E402
-from migrator.phases.base import Context  # noqa: E402
+from migrator.engine.context import Context  # noqa: E402
+from migrator.engine.session import set_local  # noqa: E402
+from migrator.phases import backfill  # noqa: E402
+from migrator.phases.backfill import Backfill  # noqa: E402
+from migrator.phases.expand import Expand  # noqa: E402
 from migrator.seed import seed  # noqa: E402
 from migrator.spec import Spec, load_spec  # noqa: E402
+from migrator.sqlgen import names  # noqa: E402
 from migrator.sqlgen.compose import ident  # noqa: E402
 
 SCRIPT = r"""
@@ -86,9 +90,8 @@ def reference_copy(dsn: str, spec: Spec, chunk_rows: int, max_rows_per_second: f
         while lo < top:
             hi = min(lo + chunk_rows, top)
             with conn.transaction():
-                conn.execute("SET LOCAL synchronous_commit = off")
-                # The backfill's own I/O setting (backfill.BACKEND_FLUSH_AFTER): the reference is the floor.
-                conn.execute("SELECT set_config('backend_flush_after', %s, true)", [backfill.BACKEND_FLUSH_AFTER])
+                # The backfill's own I/O setting (BACKEND_FLUSH_AFTER): the reference is the floor.
+                set_local(conn, synchronous_commit=False, backend_flush_after=BACKEND_FLUSH_AFTER)
                 base_rows = conn.execute(bounded[0], {"lo": lo, "hi": hi}).rowcount
                 for stmt in bounded[1:]:
                     conn.execute(stmt, {"lo": lo, "hi": hi})
@@ -153,7 +156,7 @@ def main() -> None:
             seed(conn, args.rows, dirty_ratio=0.02, random_seed=1)
             maxid = int(conn.execute("SELECT max(id) FROM core_project").fetchone()[0])  # type: ignore[index]
         db = Database(dsn)
-        expand.apply(Context(spec, db))
+        Expand().apply(Context(spec, db))
 
         def load(tag: str, done: Callable[[], bool]) -> None:
             res = run_load(
@@ -186,7 +189,7 @@ def main() -> None:
             conn.execute("CHECKPOINT")
         opts = backfill.Options(chunk_time=args.chunk_time, max_rows_per_second=cap)
         counter = ChunkCounter()
-        during("b", lambda: backfill.apply(Context(spec, db, reporter=counter, options={"backfill": opts})))
+        during("b", lambda: Backfill(opts).apply(Context(spec, db, reporter=counter)))
         if not args.no_reference:
             # The backfill's mean chunk, in rows (with or without a cap, the chunk runs at full speed).
             chunk_rows = max(100, round(counter.rows / max(counter.chunks, 1)))

@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` resolves ho
 
 from common import DEFAULT_DSN, Stopwatch, find_pgbench, median, run_pgbench, scratch_database
 
-from migrator.sqlgen import names, triggers
 from migrator.db import Database
-from migrator.phases import expand
-from migrator.phases.base import Context
+from migrator.engine.context import Context
+from migrator.phases.expand import Expand
 from migrator.seed import seed
 from migrator.spec import Spec, load_spec
+from migrator.sqlgen import ddl, names
 
 GOAL = 0.65
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         db = Database(dsn)
         with Stopwatch() as sw:
-            expand.apply(Context(spec, db))
+            Expand().apply(Context(spec, db))
         db.dispose()
         log(args, f"expand (forward triggers attached): {sw.seconds:.1f} s")
         if args.prefill:
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.indexes:
             for i in range(len(spec.indexes)):
                 if spec.index_phase(i) == "backfill":
-                    conn.execute(expand.index_statement(spec, i))
+                    conn.execute(ddl.index_statement(spec, i))
             log(args, "indexes the backfill builds: built")
         server = conn.info.server_version
 

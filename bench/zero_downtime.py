@@ -38,10 +38,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import find_pgbench, scratch_database  # noqa: E402
 
-from migrator import lifecycle, state  # noqa: E402
+from migrator import lifecycle, operations, state  # noqa: E402
 from migrator.db import Database  # noqa: E402
-from migrator.phases import backfill, contract, expand, switch_reads, switch_writes, validate  # noqa: E402
-from migrator.phases.base import Context, NullReporter, run_actions  # noqa: E402
+from migrator.engine.actions import run_actions  # noqa: E402
+from migrator.engine.context import Context, NullReporter  # noqa: E402
+from migrator.phases import backfill, contract, switch_reads, validate  # noqa: E402
+from migrator.phases.backfill import Backfill  # noqa: E402
+from migrator.phases.base import Phase, RollbackOptions  # noqa: E402
+from migrator.phases.contract import Contract  # noqa: E402
+from migrator.phases.expand import Expand  # noqa: E402
+from migrator.phases.switch_reads import SwitchReads  # noqa: E402
+from migrator.phases.switch_writes import SwitchWrites  # noqa: E402
+from migrator.phases.validate import Validate  # noqa: E402
 from migrator.seed import seed  # noqa: E402
 from migrator.spec import Spec, load_spec  # noqa: E402
 
@@ -237,35 +245,29 @@ def lifecycle_steps(spec: Spec, db: Database, args: argparse.Namespace) -> list[
     # A DBA caps the long jobs' rates on a busy primary (backfill, validate, the reverse backfill of a rollback
     # from contracted) and keeps the backfill's chunks short: the caps leave CPU for the application on this
     # 2-core box, short chunks keep its waits on a chunk's uncommitted rows short.
-    bf = backfill.Options(max_rows_per_second=args.backfill_rate or None, chunk_time=args.chunk_time)
-    val = {"workers": 1, "chunk_rows": 10_000, "max_rows_per_second": args.validate_rate or None}
-
-    def ctx(**o: Any) -> Context:
-        return Context(spec, db, reporter=NullReporter(), options=o)
+    phases: list[Phase[Any]] = [
+        Expand(),
+        Backfill(backfill.Options(max_rows_per_second=args.backfill_rate or None, chunk_time=args.chunk_time)),
+        Validate(validate.Options(workers=1, chunk_rows=10_000, max_rows_per_second=args.validate_rate or None)),
+        SwitchReads(switch_reads.Options(percent=100)),
+        SwitchWrites(),
+        Contract(contract.Options(quiet_period=1.0, wait=60)),
+    ]
+    assert [p.name for p in phases] == list(lifecycle.PHASE_NAMES)
+    ctx = Context(spec, db, reporter=NullReporter())
+    rollback_opts = RollbackOptions(max_rows_per_second=args.reverse_rate or None)
 
     def rb() -> object:
-        return lifecycle.rollback(ctx(max_rows_per_second=args.reverse_rate or None))
+        return operations.rollback(ctx, opts=rollback_opts)
 
-    return [
-        ("expand", lambda: expand.apply(ctx())),
-        ("rollback dual_write", rb),
-        ("expand", lambda: expand.apply(ctx())),
-        ("backfill", lambda: backfill.apply(ctx(backfill=bf))),
-        ("rollback backfilled", rb),
-        ("backfill", lambda: backfill.apply(ctx(backfill=bf))),
-        ("validate", lambda: validate.apply(ctx(**val))),
-        ("rollback validated", rb),
-        ("validate", lambda: validate.apply(ctx(**val))),
-        ("switch-reads", lambda: switch_reads.apply(ctx(percent=100))),
-        ("rollback read_new", rb),
-        ("switch-reads", lambda: switch_reads.apply(ctx(percent=100))),
-        ("switch-writes", lambda: switch_writes.apply(ctx())),
-        ("rollback write_new", rb),
-        ("switch-writes", lambda: switch_writes.apply(ctx())),
-        ("contract", lambda: contract.apply(ctx(quiet_period=1.0, wait=60))),
-        ("rollback contracted", rb),
-        ("contract", lambda: contract.apply(ctx(quiet_period=1.0, wait=60))),
-    ]
+    def run(phase: Phase[Any]) -> Callable[[], object]:
+        return lambda: phase.apply(ctx)
+
+    # Every phase, then a rollback from the state it entered, then the phase again.
+    steps: list[tuple[str, Callable[[], object]]] = []
+    for phase in phases:
+        steps += [(phase.name, run(phase)), (f"rollback {phase.entered}", rb), (phase.name, run(phase))]
+    return steps
 
 
 def run_lifecycle(spec: Spec, db: Database, log: list[dict[str, Any]], args: argparse.Namespace) -> None:

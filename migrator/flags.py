@@ -41,8 +41,8 @@ from psycopg import sql
 
 from migrator.db import Database, libpq_dsn
 from migrator.errors import OperationalError
-from migrator.sqlgen.compose import ident
 from migrator.lifecycle import READS_SPLIT, START, WRITES_SPLIT
+from migrator.sqlgen.compose import ident
 from migrator.state import NOTIFY_CHANNEL
 
 __all__ = ["FlagReader", "Flags", "FlagsUnavailable", "bucket"]

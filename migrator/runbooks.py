@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from migrator.errors import BadInputError
-from migrator.sqlgen.compose import runbooks_dir
 from migrator.lifecycle import STATES
+from migrator.sqlgen.compose import runbooks_dir
 
 _CONSOLE_BLOCK = re.compile(r"```console\n(.*?)```", re.DOTALL)
 

@@ -60,6 +60,13 @@ class App:
 
 
 pass_app = click.make_pass_decorator(App)
+
+
+def defaulted(name: str, type_: Any, default: Any, help_: str) -> Callable[[F], F]:
+    """An option with a default, shown in --help."""
+    return click.option(name, type=type_, default=default, show_default=True, help=help_)
+
+
 # Every command that moves the state records why, in the audit log.
 reason_option = click.option("--reason", help="Why, for the audit log.")
 
@@ -95,13 +102,7 @@ def examples(*lines: str) -> Callable[[F], F]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--yes", "-y", is_flag=True, help="Answer yes to confirmations (scripts, CI).")
 @click.option("--verbose", "-v", is_flag=True, help="Show tracebacks on errors.")
-@click.option(
-    "--lock-timeout",
-    type=float,
-    default=DEFAULT_LOCK_TIMEOUT,
-    show_default=True,
-    help="Seconds a DDL step waits for its lock before it retries.",
-)
+@defaulted("--lock-timeout", float, DEFAULT_LOCK_TIMEOUT, "Seconds a DDL step waits for its lock before it retries.")
 @click.version_option(package_name="migrator")
 @click.pass_context
 def cli(

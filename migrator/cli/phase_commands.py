@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from migrator import console
-from migrator.cli.app import App, cli, context, done, examples, pass_app, reason_option
+from migrator.cli.app import App, cli, context, defaulted, done, examples, pass_app, reason_option
 
 
 @cli.command()
@@ -28,29 +28,18 @@ def expand(app: App, reason: str | None) -> None:
 
 
 @cli.command()
-@click.option(
-    "--workers",
-    type=click.IntRange(1, 64),
-    default=1,
-    show_default=True,
-    help="Parallel workers in this process (they claim key ranges with SKIP LOCKED).",
+@defaulted(
+    "--workers", click.IntRange(1, 64), 1, "Parallel workers in this process (they claim key ranges with SKIP LOCKED)."
 )
-@click.option(
-    "--chunk-time",
-    type=click.FloatRange(0.005, 60),
-    default=0.1,
-    show_default=True,
-    help="Target seconds per chunk; the chunk size adapts to it.",
-)
+@defaulted("--chunk-time", click.FloatRange(0.005, 60), 0.1, "Target seconds per chunk; the chunk size adapts to it.")
 @click.option("--batch-size", type=click.IntRange(1, 1_000_000), help="Fixed rows per chunk instead.")
 @click.option("--max-rows-per-second", type=click.FloatRange(min=1), help="Throttle the copy.")
 @click.option("--throttle-query", help="SQL returning a number; > 0 means wait (e.g. replica lag in seconds).")
-@click.option(
+@defaulted(
     "--chunk-lock-timeout",
-    type=click.FloatRange(0.001, 10),
-    default=0.05,
-    show_default=True,
-    help="Seconds a chunk waits for an application's row lock before it retries smaller.",
+    click.FloatRange(0.001, 10),
+    0.05,
+    "Seconds a chunk waits for an application's row lock before it retries smaller.",
 )
 @click.option("--join", "join_", is_flag=True, help="Lend workers to a backfill another process coordinates.")
 @reason_option
@@ -179,12 +168,8 @@ def validate(
 
 
 @cli.command("switch-reads")
-@click.option(
-    "--percent",
-    type=click.IntRange(1, 100),
-    default=100,
-    show_default=True,
-    help="Share of request keys that read the split tables (raise it again later).",
+@defaulted(
+    "--percent", click.IntRange(1, 100), 100, "Share of request keys that read the split tables (raise it again later)."
 )
 @reason_option
 @examples("migrator switch-reads --percent 10", "migrator switch-reads            # 100%")
@@ -212,20 +197,12 @@ def switch_writes(app: App, reason: str | None) -> None:
 
 
 @cli.command()
-@click.option(
-    "--quiet-period",
-    type=click.FloatRange(min=0),
-    default=60,
-    show_default=True,
-    help="Seconds the legacy table must have gone without direct writes.",
+@defaulted(
+    "--quiet-period", click.FloatRange(min=0), 60, "Seconds the legacy table must have gone without direct writes."
 )
 @click.option("--compat-view", is_flag=True, help="Leave a view with the legacy name and shape over the split tables.")
-@click.option(
-    "--wait",
-    type=click.FloatRange(min=0),
-    default=0,
-    show_default=True,
-    help="Seconds to keep waiting for the quiet period instead of refusing at once.",
+@defaulted(
+    "--wait", click.FloatRange(min=0), 0, "Seconds to keep waiting for the quiet period instead of refusing at once."
 )
 @reason_option
 @examples("migrator contract --compat-view", "migrator --yes contract --quiet-period 300")

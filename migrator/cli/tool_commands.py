@@ -7,19 +7,18 @@ from pathlib import Path
 import click
 
 from migrator import console, lifecycle
-from migrator.cli.app import App, cli, examples, pass_app
+from migrator.cli.app import App, cli, defaulted, examples, pass_app
 from migrator.db import mask_dsn
 from migrator.errors import BadInputError, GuardFailed
 
 
 @cli.command()
 @click.option("--rows", type=click.IntRange(min=0), default=10_000, show_default=True, help="Projects to insert.")
-@click.option(
+@defaulted(
     "--dirty-ratio",
-    type=click.FloatRange(0, 1),
-    default=0.05,
-    show_default=True,
-    help="Share of rows missing required variant fields, as the legacy app allowed.",
+    click.FloatRange(0, 1),
+    0.05,
+    "Share of rows missing required variant fields, as the legacy app allowed.",
 )
 @click.option("--random-seed", type=int, default=42, show_default=True, help="Same seed, same data.")
 @examples("migrator seed --rows 1000000", "migrator --dsn postgresql://app@db/shop seed --rows 5000 --dirty-ratio 0.1")
@@ -188,13 +187,7 @@ def runbook(app: App, state_name: str | None) -> None:
 
 @cli.command()
 @click.option("--rows", type=click.IntRange(min=100), default=100_000, show_default=True, help="Legacy rows to seed.")
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=1),
-    default=100,
-    show_default=True,
-    help="The live writer's transactions per second.",
-)
+@defaulted("--rate", click.FloatRange(min=1), 100, "The live writer's transactions per second.")
 @examples("migrator demo", "migrator demo --rows 1000000", "migrator --dsn postgresql://me@localhost/postgres demo")
 @pass_app
 def demo(app: App, rows: int, rate: float) -> None:

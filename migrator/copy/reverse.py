@@ -10,7 +10,8 @@ that did not change while contracted are neither locked nor written.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -69,14 +70,12 @@ def reverse_backfill(
     conn: psycopg.Connection[Any], spec: Spec, reporter: Reporter, max_rows_per_second: float | None = None
 ) -> ReverseResult:
     """Make every legacy row equal the split rows, chunk by chunk (the split side is the truth now)."""
-    result = ReverseResult()
     t0 = time.monotonic()
-    sizer = ChunkSizer(REVERSE_CHUNK_TIME)
-    limiter = RateLimiter(max_rows_per_second)
-    _insert_pass(conn, spec, reporter, sizer, limiter, result)
-    _refresh_pass(conn, spec, reporter, sizer, limiter, result)
-    result.seconds = time.monotonic() - t0
-    return result
+    copy = _ReverseCopy(conn, spec, reporter, ChunkSizer(REVERSE_CHUNK_TIME), RateLimiter(max_rows_per_second))
+    copy.insert_pass()
+    copy.refresh_pass()
+    copy.result.seconds = time.monotonic() - t0
+    return copy.result
 
 
 def insert_pass_statements(spec: Spec) -> ChunkStatements:
@@ -168,73 +167,66 @@ def _compared_columns(spec: Spec) -> tuple[sql.Composed, sql.Composed]:
     )
 
 
-def _insert_pass(
-    conn: psycopg.Connection[Any],
-    spec: Spec,
-    reporter: Reporter,
-    sizer: ChunkSizer,
-    limiter: RateLimiter,
-    result: ReverseResult,
-) -> None:
-    stmts = insert_pass_statements(spec)
-    cursor: str | None = None
-    while True:
-        bound, insert = stmts[cursor is None]
-        size = sizer.next()
-        c0 = time.monotonic()
-        inserted = 0
-        with conn.transaction():
-            chunk_settings(conn)
-            row = conn.execute(bound, {"lo": cursor, "limit": size}).fetchone()
-            assert row is not None
-            n, hi = int(row[0]), row[1]
-            if n:
-                out = conn.execute(insert, {"lo": cursor, "hi": hi, "limit": size}).fetchone()
-                assert out is not None
-                inserted = int(out[2])
-        sizer.observe(n, time.monotonic() - c0)
-        limiter.done(n)
-        result.inserted += inserted
-        reporter.progress(result.inserted, None, phase="reverse backfill: insert")
-        if n < size:
-            break
-        cursor = hi
+@dataclass
+class _ReverseCopy:
+    """One reverse backfill: its session, pace and counts, shared by both passes."""
 
+    conn: psycopg.Connection[Any]
+    spec: Spec
+    reporter: Reporter
+    sizer: ChunkSizer
+    limiter: RateLimiter
+    result: ReverseResult = field(default_factory=ReverseResult)
 
-def _refresh_pass(
-    conn: psycopg.Connection[Any],
-    spec: Spec,
-    reporter: Reporter,
-    sizer: ChunkSizer,
-    limiter: RateLimiter,
-    result: ReverseResult,
-) -> None:
-    # Pass 2, over legacy keys: find the rows that differ (read-only), then lock those legacy rows first (a
-    # concurrent reverse trigger then waits for us and applies its newer change on top) and only then read the
-    # split side, in a later statement and snapshot; legacy rows whose key left the split side (deleted after
-    # contract) are removed. Rows that did not change while contracted are neither locked nor written.
-    lock, update, delete = refresh_statements(spec)
-    stmts = refresh_pass_statements(spec)
-    cursor: str | None = None
-    while True:
-        bound, candidates = stmts[cursor is None]
-        size = sizer.next()
-        c0 = time.monotonic()
-        with conn.transaction():
-            chunk_settings(conn)
-            row = conn.execute(bound, {"lo": cursor, "limit": size}).fetchone()
-            assert row is not None
-            n, hi = int(row[0]), row[1]
-            keys: list[str] = []
-            if n:
-                keys = [r[0] for r in conn.execute(candidates, {"lo": cursor, "hi": hi}).fetchall()]
+    def insert_pass(self) -> None:
+        def insert(statement: sql.Composed, cursor: str | None, hi: Any, size: int) -> None:
+            out = self.conn.execute(statement, {"lo": cursor, "hi": hi, "limit": size}).fetchone()
+            assert out is not None
+            self.result.inserted += int(out[2])
+
+        self._walk(insert_pass_statements(self.spec), insert, lambda: self.result.inserted, "insert")
+
+    def refresh_pass(self) -> None:
+        # Pass 2, over legacy keys: find the rows that differ (read-only), then lock those legacy rows first (a
+        # concurrent reverse trigger then waits for us and applies its newer change on top) and only then read the
+        # split side, in a later statement and snapshot; legacy rows whose key left the split side (deleted after
+        # contract) are removed. Rows that did not change while contracted are neither locked nor written.
+        lock, update, delete = refresh_statements(self.spec)
+
+        def refresh(candidates: sql.Composed, cursor: str | None, hi: Any, size: int) -> None:
+            keys = [r[0] for r in self.conn.execute(candidates, {"lo": cursor, "hi": hi}).fetchall()]
             if keys:
-                keys = [r[0] for r in conn.execute(lock, {"keys": keys}).fetchall()]
-                result.updated += conn.execute(update, {"keys": keys}).rowcount
-                result.deleted += conn.execute(delete, {"keys": keys, "migration": spec.migration_name}).rowcount
-        sizer.observe(n, time.monotonic() - c0)
-        limiter.done(n)
-        reporter.progress(result.updated + result.deleted, None, phase="reverse backfill: update")
-        if n < size:
-            break
-        cursor = hi
+                keys = [r[0] for r in self.conn.execute(lock, {"keys": keys}).fetchall()]
+                self.result.updated += self.conn.execute(update, {"keys": keys}).rowcount
+                params = {"keys": keys, "migration": self.spec.migration_name}
+                self.result.deleted += self.conn.execute(delete, params).rowcount
+
+        progress = lambda: self.result.updated + self.result.deleted  # noqa: E731 — read at each chunk
+        self._walk(refresh_pass_statements(self.spec), refresh, progress, "update")
+
+    def _walk(
+        self,
+        stmts: ChunkStatements,
+        work: Callable[[sql.Composed, str | None, Any, int], None],
+        progress: Callable[[], int],
+        name: str,
+    ) -> None:
+        """Keyset chunks, one transaction each: find the chunk's upper key (bound), then `work` on (cursor, hi]."""
+        cursor: str | None = None
+        while True:
+            bound, statement = stmts[cursor is None]
+            size = self.sizer.next()
+            c0 = time.monotonic()
+            with self.conn.transaction():
+                chunk_settings(self.conn)
+                row = self.conn.execute(bound, {"lo": cursor, "limit": size}).fetchone()
+                assert row is not None
+                n, hi = int(row[0]), row[1]
+                if n:
+                    work(statement, cursor, hi, size)
+            self.sizer.observe(n, time.monotonic() - c0)
+            self.limiter.done(n)
+            self.reporter.progress(progress(), None, phase=f"reverse backfill: {name}")
+            if n < size:
+                return
+            cursor = hi

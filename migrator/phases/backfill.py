@@ -34,10 +34,7 @@ class Backfill(Phase[Options]):
     """dual_write -> backfilled: every legacy row copied under its own key, or quarantined."""
 
     name = "backfill"
-
-    @classmethod
-    def default_options(cls) -> Options:
-        return Options()
+    options_type = Options
 
     def plan(self, ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Action]:
         """What one backfill runs: the range plan, then per chunk (repeated) the copy, the re-sync of rejected

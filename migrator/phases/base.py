@@ -41,13 +41,11 @@ class Phase(ABC, Generic[OptionsT]):
     `name` is the CLI command that enters the phase's state (lifecycle.STAGES names it too)."""
 
     name: ClassVar[str]
+    # The phase's Options class; every field has a default, so Options() is the phase run as `migrator plan` shows it.
+    options_type: ClassVar[type[Any]]
 
     def __init__(self, options: OptionsT | None = None) -> None:
-        self.options: OptionsT = options if options is not None else self.default_options()
-
-    @classmethod
-    @abstractmethod
-    def default_options(cls) -> OptionsT: ...
+        self.options: OptionsT = options if options is not None else type(self).options_type()
 
     @property
     def entered(self) -> str:

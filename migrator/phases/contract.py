@@ -50,10 +50,7 @@ class Contract(Phase[Options]):
     """write_new -> contracted: re-point the referencing foreign keys, stop both syncs, archive the legacy table."""
 
     name = "contract"
-
-    @classmethod
-    def default_options(cls) -> Options:
-        return Options()
+    options_type = Options
 
     def plan(self, ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Action]:
         spec, compat_view = ctx.spec, self.options.compat_view

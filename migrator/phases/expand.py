@@ -109,10 +109,7 @@ class Expand(Phase[Options]):
     """legacy -> dual_write: state schema, split tables, constraints, indexes, then the forward triggers."""
 
     name = "expand"
-
-    @classmethod
-    def default_options(cls) -> Options:
-        return Options()
+    options_type = Options
 
     def plan(self, ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Action]:
         sequence = resolve_sequence(conn, ctx.spec) if conn is not None else "auto"

@@ -34,10 +34,7 @@ class Options:
 
 class SwitchReads(Phase[Options]):
     name = "switch-reads"
-
-    @classmethod
-    def default_options(cls) -> Options:
-        return Options()
+    options_type = Options
 
     def plan(self, ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Action]:
         spec = ctx.spec

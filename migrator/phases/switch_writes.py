@@ -28,10 +28,7 @@ class Options:
 
 class SwitchWrites(Phase[Options]):
     name = "switch-writes"
-
-    @classmethod
-    def default_options(cls) -> Options:
-        return Options()
+    options_type = Options
 
     def plan(self, ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Action]:
         return triggers.reverse_actions(ctx.spec)

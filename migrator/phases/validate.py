@@ -45,15 +45,12 @@ class Validate(Phase[Options]):
     """Validate; from backfilled, a clean result (quarantine empty or accepted) moves the state to validated."""
 
     name = "validate"
+    options_type = Options
 
     def __init__(self, options: Options | None = None) -> None:
         super().__init__(options)
         # What the last apply() found, for the caller to print or report (also when the state did not move).
         self.result: ValidationResult | None = None
-
-    @classmethod
-    def default_options(cls) -> Options:
-        return Options()
 
     def plan(self, ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Action]:
         """The statements a validation runs, each read-only; chunked ones show a key range [lo, hi)."""

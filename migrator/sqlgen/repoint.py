@@ -117,13 +117,8 @@ def compat_view(spec: Spec) -> list[sql.Composable]:
     return [
         sql.SQL("CREATE VIEW {} AS {}").format(names.source(spec), views.split_as_legacy(spec)),
         plpgsql_function(fn, body),
-        render(
-            "create_trigger",
-            trigger=names.trigger_name(spec, "compat_view"),
-            events=raw("INSTEAD OF INSERT OR UPDATE OR DELETE"),
-            table=names.source(spec),
-            level=raw("ROW"),
-            function=fn,
+        triggers.create_trigger(
+            spec, "compat_view", "INSTEAD OF INSERT OR UPDATE OR DELETE", names.source(spec), "ROW", fn
         ),
     ]
 

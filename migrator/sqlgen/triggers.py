@@ -19,6 +19,21 @@ from migrator.sqlgen.names import function_name, legacy_writes_sequence, trigger
 from migrator.sqlgen.views import meta_to_legacy
 
 
+def create_trigger(
+    spec: Spec, kind: str, events: str, table: sql.Identifier, level: str, function: sql.Identifier
+) -> sql.Composed:
+    """CREATE TRIGGER <migrator's trigger of this kind> <events> ON table FOR EACH <level> EXECUTE FUNCTION function
+    (events and level are our own keywords, never spec text)."""
+    return render(
+        "create_trigger",
+        trigger=trigger_name(spec, kind),
+        events=raw(events),
+        table=table,
+        level=raw(level),
+        function=function,
+    )
+
+
 def _new(col: str, row: str = "r") -> sql.Composed:
     return rules.column(row, col)
 
@@ -216,22 +231,8 @@ def forward_actions(spec: Spec) -> list[Action]:
     trunc_fn = plpgsql_function(tfn, render("forward_truncate_trigger", tables=join(children), **common))
     attach = join(
         [
-            render(
-                "create_trigger",
-                trigger=trigger_name(spec, "forward"),
-                events=raw("AFTER INSERT OR UPDATE OR DELETE"),
-                table=names.source(spec),
-                level=raw("ROW"),
-                function=fn,
-            ),
-            render(
-                "create_trigger",
-                trigger=trigger_name(spec, "forward_truncate"),
-                events=raw("AFTER TRUNCATE"),
-                table=names.source(spec),
-                level=raw("STATEMENT"),
-                function=tfn,
-            ),
+            create_trigger(spec, "forward", "AFTER INSERT OR UPDATE OR DELETE", names.source(spec), "ROW", fn),
+            create_trigger(spec, "forward_truncate", "AFTER TRUNCATE", names.source(spec), "STATEMENT", tfn),
         ],
         ";\n",
     )
@@ -349,23 +350,23 @@ def reverse_actions(spec: Spec) -> list[Action]:
             )
         )
         attach.append(
-            render(
-                "create_trigger",
-                trigger=trigger_name(spec, kind),
-                events=raw("AFTER INSERT OR UPDATE OR DELETE"),
-                table=names.split(spec, table),
-                level=raw("ROW"),
-                function=function_name(spec, kind),
+            create_trigger(
+                spec,
+                kind,
+                "AFTER INSERT OR UPDATE OR DELETE",
+                names.split(spec, table),
+                "ROW",
+                function_name(spec, kind),
             )
         )
     attach.append(
-        render(
-            "create_trigger",
-            trigger=trigger_name(spec, "legacy_writes"),
-            events=raw("AFTER INSERT OR UPDATE OR DELETE"),
-            table=names.source(spec),
-            level=raw("STATEMENT"),
-            function=function_name(spec, "legacy_writes"),
+        create_trigger(
+            spec,
+            "legacy_writes",
+            "AFTER INSERT OR UPDATE OR DELETE",
+            names.source(spec),
+            "STATEMENT",
+            function_name(spec, "legacy_writes"),
         )
     )
     # All in one transaction: from its commit on, a write on either side reaches the other.

@@ -18,7 +18,7 @@ from typing import Any
 
 from psycopg import sql
 
-from migrator.spec import Spec
+from migrator.spec import ColumnSpec, Spec
 from migrator.sqlgen import names, rules, views
 from migrator.sqlgen.compose import ident, join, literal, raw, render_validator
 
@@ -154,47 +154,28 @@ class Queries:
         return parts
 
     def split_parts(self, scope: Scope) -> sql.Composed:
+        """The split side's hash parts over `scope`: one range scan per split table, no join."""
         spec = self.spec
-        parts = [
-            render_validator(
-                "_hash_part",
-                fields=join(
-                    [
-                        literal(0),
-                        qualified("c", spec.pk),
-                        *(self._split_value(qualified("c", c), cs.type) for c, cs in spec.base.columns.items()),
-                    ]
-                ),
-                table=self.base,
-                scope=scope.predicate(qualified("c", spec.pk), self.pk_type),
-            )
-        ]
         link = spec.base.link_column
-        for i, v in enumerate(spec.variants):
-            fields = [
-                literal(1 + i),
-                qualified("c", link),
-                *(self._split_value(qualified("c", c), cs.type) for c, cs in v.columns.items()),
-            ]
-            parts.append(
-                render_validator(
-                    "_hash_part",
-                    fields=join(fields),
-                    table=names.split(spec, v.table),
-                    scope=scope.predicate(qualified("c", link), self.pk_type),
-                )
+
+        def part(tag: int, table: sql.Identifier, key: str, fields: list[sql.Composable]) -> sql.Composed:
+            return render_validator(
+                "_hash_part",
+                fields=join([literal(tag), qualified("c", key), *fields]),
+                table=table,
+                scope=scope.predicate(qualified("c", key), self.pk_type),
             )
+
+        def values(columns: dict[str, ColumnSpec]) -> list[sql.Composable]:
+            return [self._split_value(qualified("c", c), cs.type) for c, cs in columns.items()]
+
+        parts = [part(0, self.base, spec.pk, values(spec.base.columns))]
+        for i, v in enumerate(spec.variants):
+            parts.append(part(1 + i, names.split(spec, v.table), link, values(v.columns)))
         if spec.meta:
             m = spec.meta
-            fields = [literal(-1), qualified("c", link), qualified("c", m.key_column), qualified("c", m.value_column)]
-            parts.append(
-                render_validator(
-                    "_hash_part",
-                    fields=join(fields),
-                    table=names.split(spec, m.table),
-                    scope=scope.predicate(qualified("c", link), self.pk_type),
-                )
-            )
+            meta_fields: list[sql.Composable] = [qualified("c", m.key_column), qualified("c", m.value_column)]
+            parts.append(part(-1, names.split(spec, m.table), link, meta_fields))
         return join(parts, "\n                UNION ALL\n                ")
 
     def not_quarantined(self, key: sql.Composable, *, from_table: bool) -> sql.Composable:

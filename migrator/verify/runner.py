@@ -483,16 +483,7 @@ def _sort_key(pair: tuple[str, str]) -> tuple[int, tuple[int, int | str]]:
     return (CHECK_NAMES.index(pair[0]), _natural(pair[1]))
 
 
-def run_validation(
-    db: Database,
-    spec: Spec,
-    *,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    workers: int = DEFAULT_WORKERS,
-    max_rows_per_second: float | None = None,
-    reporter: Reporter | None = None,
-) -> ValidationResult:
-    """Run every check, read-only, in any state that has split tables; the guard later phases call."""
-    return Validation(
-        db, spec, chunk_rows=chunk_rows, workers=workers, max_rows_per_second=max_rows_per_second, reporter=reporter
-    ).run()
+def run_validation(db: Database, spec: Spec, **settings: Any) -> ValidationResult:
+    """Run every check, read-only, in any state that has split tables; the guard later phases call. `settings` are
+    Validation's keyword arguments (chunk_rows, workers, max_rows_per_second, reporter)."""
+    return Validation(db, spec, **settings).run()

@@ -7,7 +7,7 @@ DECLARE
     v_inserted boolean;
 BEGIN
     -- Loop guard: the reverse trigger sets migrator.origin while it writes the legacy row for a split write.
-    IF v_origin = 'split' THEN
+    IF {from_split} THEN
         RETURN NULL;
     END IF;
     IF TG_OP = 'DELETE' THEN

@@ -1,5 +1,5 @@
 BEGIN
-    IF current_setting('migrator.origin', true) = 'split' THEN
+    IF {from_split} THEN
         RETURN NULL;
     END IF;
     TRUNCATE {tables};

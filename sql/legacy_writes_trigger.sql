@@ -2,7 +2,7 @@
 -- sync), without a hot row: a sequence never blocks. `contract` waits until the count has been still for the
 -- quiet period.
 BEGIN
-    IF coalesce(current_setting('migrator.origin', true), '') <> 'split' THEN
+    IF NOT {from_split} THEN
         PERFORM nextval({sequence}::regclass);
     END IF;
     RETURN NULL;

@@ -4,7 +4,7 @@ DECLARE
     v_origin text := current_setting('migrator.origin', true);
 BEGIN
     -- Loop guard: the forward sync sets migrator.origin = 'legacy' while it writes the split rows.
-    IF v_origin = 'legacy' THEN
+    IF {from_legacy} THEN
         RETURN NULL;
     END IF;
     PERFORM set_config('migrator.origin', 'split', true);

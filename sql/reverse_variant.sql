@@ -3,7 +3,7 @@
 DECLARE
     v_origin text := current_setting('migrator.origin', true);
 BEGIN
-    IF v_origin = 'legacy' THEN
+    IF {from_legacy} THEN
         RETURN NULL;
     END IF;
     PERFORM set_config('migrator.origin', 'split', true);

@@ -46,12 +46,19 @@ CREATE TABLE IF NOT EXISTS {schema}.quarantine (
     PRIMARY KEY (migration, key)
 );
 
--- For applications in other languages: SELECT migrator.flag_state('core_project_split').
+-- For applications in other languages: SELECT migrator.flag_state('core_project_split'). Any role may read the
+-- flags (a state name and a percentage are no secret, and an application started before expand must be able to
+-- read them later without a grant step): the functions run as their owner, with a pinned search_path, and the
+-- schema's USAGE lets callers reach them; the tables themselves grant nothing to anyone.
 CREATE OR REPLACE FUNCTION {schema}.flag_state(p_migration text) RETURNS text
-LANGUAGE sql STABLE AS $$ SELECT coalesce((SELECT state FROM {schema}.state WHERE migration = p_migration), 'legacy') $$;
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT coalesce((SELECT state FROM {schema}.state WHERE migration = p_migration), 'legacy') $$;
 
 CREATE OR REPLACE FUNCTION {schema}.read_percent(p_migration text) RETURNS integer
-LANGUAGE sql STABLE AS $$ SELECT coalesce((SELECT read_percent FROM {schema}.state WHERE migration = p_migration), 0) $$;
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT coalesce((SELECT read_percent FROM {schema}.state WHERE migration = p_migration), 0)::integer $$;
+
+GRANT USAGE ON SCHEMA {schema} TO PUBLIC;
 
 -- Backfill work, split into key ranges that workers claim with FOR UPDATE SKIP LOCKED. Each chunk commits
 -- its range's cursor with the rows it copied, so a killed backfill resumes exactly where it stopped.

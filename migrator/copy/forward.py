@@ -364,7 +364,9 @@ class Worker:
             lock_timeout=self.opts.lock_timeout,
             statement_timeout=CHUNK_STATEMENT_TIMEOUT,
             synchronous_commit=False,
-            session_replication_role="origin" if fk_triggers else "replica",
+            # Only a role that may set it (may_skip_fk_triggers) touches it at all: for any other, even setting
+            # the default 'origin' is refused (42501), and the default is what it runs with.
+            session_replication_role=("origin" if fk_triggers else "replica") if self.set_based_fks else None,
             backend_flush_after=BACKEND_FLUSH_AFTER,
         )
 

@@ -30,7 +30,7 @@ from migrator.engine.session import MULTI_TABLE_LOCK_TIMEOUT
 from migrator.errors import GuardFailed
 from migrator.phases.base import Phase, RollbackOptions
 from migrator.spec import Spec
-from migrator.sqlgen import names, repoint, triggers
+from migrator.sqlgen import grants, names, repoint, triggers
 from migrator.sqlgen.compose import as_text, ident, join
 
 
@@ -67,7 +67,10 @@ class Contract(Phase[Options]):
             swap += repoint.compat_view(spec)
             # Defaults in the same transaction: an insert through the view must never meet a view without them.
             swap += repoint.view_defaults(conn, spec) if conn is not None else []
-        view = ", create the compatibility view (with the table's column defaults)" if compat_view else ""
+            # The application's roles keep their privileges under the old name: the view gets the table's grants.
+            legacy_grants = grants.table_grants(conn, names.source(spec)) if conn is not None else None
+            swap += grants.mirror_statements(legacy_grants, [names.source(spec)])
+        view = ", create the compatibility view (with the table's column defaults and grants)" if compat_view else ""
         acts.append(
             Action(
                 f"in one transaction: stop both syncs, archive {spec.source.table} as {names.archive_name(spec)}"

@@ -23,22 +23,12 @@ from migrator.phases.base import Phase, RollbackOptions
 from migrator.spec import Spec, split_table_columns
 from migrator.sqlgen import names, triggers
 from migrator.sqlgen.compose import as_text, join, literal, load, render
-from migrator.sqlgen.ddl import table_actions
+from migrator.sqlgen.ddl import resolve_sequence, table_actions
 
 
 @dataclass(frozen=True)
 class Options:
     """expand takes no options today (the DDL lock timeout is the context's)."""
-
-
-def resolve_sequence(conn: psycopg.Connection[Any], spec: Spec) -> str | None:
-    """The legacy primary key's sequence (serial or identity), or None when the key has none (e.g. uuid)."""
-    table = as_text(names.source(spec))
-    row = conn.execute(
-        "SELECT c.relname::text FROM pg_class c WHERE c.oid = pg_get_serial_sequence(%s, %s)::regclass",
-        [table, spec.pk],
-    ).fetchone()
-    return str(row[0]) if row else None
 
 
 def preflight(conn: psycopg.Connection[Any], spec: Spec) -> None:

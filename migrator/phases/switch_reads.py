@@ -17,8 +17,9 @@ from migrator.engine.actions import Action, run_actions
 from migrator.engine.context import Context, Report
 from migrator.errors import BadInputError
 from migrator.phases.base import Phase, RollbackOptions
-from migrator.sqlgen import names, triggers
-from migrator.sqlgen.compose import literal, render
+from migrator.sqlgen import grants, names, triggers
+from migrator.sqlgen.compose import ident, join, literal, render
+from migrator.sqlgen.ddl import offline_sequence, resolve_sequence
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class SwitchReads(Phase[Options]):
     def plan(self, ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Action]:
         spec = ctx.spec
         return [
+            *self.grant_actions(ctx, conn),
             Action(
                 "set the read flag (applications listening on migrator_flags pick it up at once)",
                 render(
@@ -47,8 +49,22 @@ class SwitchReads(Phase[Options]):
                     migration=literal(spec.migration_name),
                     percent=literal(self.options.percent),
                 ),
-            )
+            ),
         ]
+
+    def grant_actions(self, ctx: Context, conn: psycopg.Connection[Any] | None) -> list[Action]:
+        """The application's roles may now read (and later write) the split tables: mirror their legacy grants."""
+        spec = ctx.spec
+        legacy = grants.table_grants(conn, names.source(spec)) if conn is not None else None
+        statements = grants.mirror_statements(legacy, [names.split(spec, t) for t in spec.split_tables()])
+        sequence = resolve_sequence(conn, spec) if conn is not None else offline_sequence(spec)
+        if sequence is not None:
+            statements += grants.sequence_statements(legacy, ident(spec.source.schema_, sequence))
+        if not statements:
+            return []
+        where = " (read from the catalog when it runs)" if conn is None else ""
+        description = f"grant each role its privileges on {spec.source.table} on the split tables too{where}"
+        return [Action(description, join(statements, ";\n"))]
 
     def apply(self, ctx: Context) -> None:
         """Guard: a fresh comparison is clean. Then move the flag (or raise the percentage in read_new)."""
@@ -61,6 +77,9 @@ class SwitchReads(Phase[Options]):
                     hint="use `migrator rollback` to send reads back to legacy",
                 )
             guards.require_in_sync(db, ctx.spec, self.name)
+            run_actions(
+                tr.conn, self.grant_actions(ctx, tr.conn), on_step=ctx.announce(), lock_timeout=ctx.lock_timeout
+            )
             tr.finish(self.entered, reason=ctx.reason, details={"read_percent": p}, flags={"read_percent": p})
 
     def verify(self, ctx: Context) -> Report:

@@ -92,6 +92,14 @@ def plpgsql_function(
     while tag in text:
         n += 1
         tag = f"$migrator{n}$"
-    return sql.SQL("CREATE OR REPLACE FUNCTION {}({}) RETURNS {} LANGUAGE plpgsql AS {}\n{}{}").format(
-        function, args if args is not None else raw(""), raw(returns), raw(tag), raw(text.rstrip("\n") + "\n"), raw(tag)
-    )
+    signature = sql.SQL("{}({})").format(function, args if args is not None else raw(""))
+    # Every generated function runs as the migration role that owns it (SECURITY DEFINER): an application role
+    # needs no grants on the split tables or the state schema for its writes to be synced, and so gets none.
+    # Such a function must not trust the caller's search_path (an unprivileged role could shadow an operator in
+    # it and run code as the owner): pg_catalog only, pg_temp last. Nobody but triggers calls it: EXECUTE is
+    # revoked from PUBLIC (PostgreSQL does not check EXECUTE when it fires a trigger).
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION {} RETURNS {} LANGUAGE plpgsql\n"
+        "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {}\n{}{};\n"
+        "REVOKE EXECUTE ON FUNCTION {} FROM PUBLIC"
+    ).format(signature, raw(returns), raw(tag), raw(text.rstrip("\n") + "\n"), raw(tag), signature)

@@ -4,12 +4,15 @@ indexes (CONCURRENTLY). expand builds most of it; the backfill builds the indexe
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 from psycopg import sql
 
 from migrator.engine.actions import Action
 from migrator.spec import ColumnSpec, Spec
 from migrator.sqlgen import names
-from migrator.sqlgen.compose import ident, join, literal, raw, render
+from migrator.sqlgen.compose import as_text, ident, join, literal, raw, render
 from migrator.sqlgen.names import object_name
 
 
@@ -105,6 +108,12 @@ INTEGER_TYPES = frozenset({"bigint", "int8", "integer", "int", "int4", "smallint
 _AUTO = "auto"
 
 
+def offline_sequence(spec: Spec) -> str | None:
+    """The legacy key's sequence as an offline plan assumes it: integer keys use PostgreSQL's conventional
+    <table>_<key>_seq; other keys (uuid) have none."""
+    return names.sequence_name(spec) if spec.source.primary_key_type.lower() in INTEGER_TYPES else None
+
+
 def table_actions(spec: Spec, sequence: str | None = _AUTO) -> list[Action]:
     """The split DDL: tables with keys and CHECK, then foreign keys, then indexes.
 
@@ -112,7 +121,7 @@ def table_actions(spec: Spec, sequence: str | None = _AUTO) -> list[Action]:
     key), or "auto" offline: integer keys are assumed to use PostgreSQL's conventional <table>_<key>_seq.
     """
     if sequence == _AUTO:
-        sequence = names.sequence_name(spec) if spec.source.primary_key_type.lower() in INTEGER_TYPES else None
+        sequence = offline_sequence(spec)
     base = spec.base
     acts: list[Action] = []
     if spec.target_schema != "public":
@@ -191,3 +200,13 @@ def table_actions(spec: Spec, sequence: str | None = _AUTO) -> list[Action]:
 def index_actions(spec: Spec, phase: str) -> list[Action]:
     """The spec's indexes that `phase` ("expand" or "backfill") builds."""
     return [_index_action(spec, i) for i in range(len(spec.indexes)) if spec.index_phase(i) == phase]
+
+
+def resolve_sequence(conn: psycopg.Connection[Any], spec: Spec) -> str | None:
+    """The legacy primary key's sequence (serial or identity), or None when the key has none (e.g. uuid)."""
+    table = as_text(names.source(spec))
+    row = conn.execute(
+        "SELECT c.relname::text FROM pg_class c WHERE c.oid = pg_get_serial_sequence(%s, %s)::regclass",
+        [table, spec.pk],
+    ).fetchone()
+    return str(row[0]) if row else None

@@ -4,6 +4,8 @@
 - `rejections` / `invalid`: the legacy rows the split schema rejects for a reason visible without trying (a missing
   required value, a discriminator no variant knows), worded as PostgreSQL words the rejection.
 
+- `origin_is`: the sync loop guard, which no application session can set to skip the sync.
+
 The backfill, the validation, the views and the trigger functions all call these, so they cannot disagree.
 """
 
@@ -105,3 +107,16 @@ def invalid(spec: Spec, alias: str = "l") -> sql.Composed:
             if rejects_missing(cs):
                 conds.append(sql.SQL("({} = {} AND {} IS NULL)").format(disc, literal(v.when), column(alias, col)))
     return sql.Composed([raw("("), join(conds, " OR "), raw(")")])
+
+
+def origin_is(side: Literal["legacy", "split"]) -> sql.Composed:
+    """True while our own code is writing from `side` (the other direction's trigger must then not echo it back).
+
+    The marker is the transaction-local setting migrator.origin, which any session may set; so it counts only when
+    set by our own code: inside a trigger of ours (a nested trigger level, pg_trigger_depth() > 1), or in a session
+    of the migration role itself (the reverse backfill). An application that sets it at its top level to skip the
+    sync is ignored. Written for a SECURITY DEFINER function, where current_user is the migration role."""
+    return sql.SQL(
+        "(coalesce(pg_catalog.current_setting('migrator.origin', true), '') = {} "
+        "AND (pg_catalog.pg_trigger_depth() > 1 OR pg_catalog.pg_has_role(session_user, current_user, 'MEMBER')))"
+    ).format(literal(side))

@@ -215,6 +215,7 @@ def forward_actions(spec: Spec) -> list[Action]:
     common: dict[str, sql.Composable] = {
         "quarantine": names.state(spec, "quarantine"),
         "migration": literal(spec.migration_name),
+        "from_split": rules.origin_is("split"),
     }
     row_fn = plpgsql_function(
         fn,
@@ -266,6 +267,7 @@ def _reverse_base(spec: Spec) -> sql.Composed:
     cols = list(spec.base.columns)
     return render(
         "reverse_base",
+        from_legacy=rules.origin_is("legacy"),
         legacy=names.source(spec),
         pk=ident(pk),
         all_cols=join([ident(c) for c in [pk, *cols]]),
@@ -280,6 +282,7 @@ def _reverse_variant(spec: Spec, i: int) -> sql.Composed:
     cols = list(v.columns)
     return render(
         "reverse_variant",
+        from_legacy=rules.origin_is("legacy"),
         legacy=names.source(spec),
         pk=ident(spec.pk),
         link=ident(spec.base.link_column),
@@ -312,6 +315,7 @@ def _reverse_meta(spec: Spec) -> sql.Composed:
     ]
     return render(
         "reverse_meta",
+        from_legacy=rules.origin_is("legacy"),
         clear=sql.SQL("CASE OLD.{} {} ELSE NULL; END CASE;").format(key, join(clears, " ")),
         assign=sql.SQL("CASE NEW.{} {} ELSE NULL; END CASE;").format(key, join(assigns, " ")),
     )
@@ -337,7 +341,11 @@ def reverse_actions(spec: Spec) -> list[Action]:
             "create the legacy-writes statement trigger function",
             plpgsql_function(
                 function_name(spec, "legacy_writes"),
-                render("legacy_writes_trigger", sequence=literal(as_text(legacy_writes_sequence(spec)))),
+                render(
+                    "legacy_writes_trigger",
+                    sequence=literal(as_text(legacy_writes_sequence(spec))),
+                    from_split=rules.origin_is("split"),
+                ),
             ),
         ),
     ]

@@ -64,6 +64,28 @@ def legacy_writes(conn: psycopg.Connection[Any], spec: Spec) -> int:
     return int(value[0]) if value else 0
 
 
+def require_no_open_quarantine(conn: psycopg.Connection[Any], spec: Spec, command: str) -> None:
+    """Refuse `command` while rows the split schema rejected are in quarantine and not accepted: readers of the split
+    tables would miss them. Rows quarantined after validate count too (a NULL or unknown discriminator written
+    since), which is why every forward transition asks, not only validate."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT key, sqlstate FROM {} WHERE migration = %s AND resolved_at IS NULL AND accepted_at IS NULL "
+            "ORDER BY first_seen, key LIMIT 6"
+        ).format(names.state(spec, "quarantine")),
+        [spec.migration_name],
+    ).fetchall()
+    if not rows:
+        return
+    total = open_quarantine(conn, spec)
+    keys = ", ".join(f"{key} ({sqlstate})" for key, sqlstate in rows[:5]) + (", …" if total > 5 else "")
+    raise GuardFailed(
+        f"`{command}` refused: {total:,} legacy row(s) are in quarantine, not in the split tables: {keys}",
+        hint=f"fix those rows in {spec.source.table} (the sync then moves them out of quarantine and into the split "
+        "tables), then run the command again; `migrator validate --report FILE` lists them all",
+    )
+
+
 def mark_legacy_writes(conn: psycopg.Connection[Any], spec: Spec) -> tuple[int, datetime, bool]:
     """Compare the legacy-writes counter with the stored mark; move the mark when the counter moved.
     Returns (counter, quiet since, moved)."""

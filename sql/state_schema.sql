@@ -31,6 +31,15 @@ CREATE TABLE IF NOT EXISTS {schema}.transitions (
     details     jsonb
 );
 
+-- What migrator created (or took over empty) for a migration: the only tables it will ever empty or drop.
+CREATE TABLE IF NOT EXISTS {schema}.objects (
+    migration  text NOT NULL,
+    kind       text NOT NULL,
+    name       text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (migration, kind, name)
+);
+
 -- Rows the split schema rejected (DESIGN.md §Races 4): the application's write succeeded, the copy did not.
 CREATE TABLE IF NOT EXISTS {schema}.quarantine (
     migration   text NOT NULL,

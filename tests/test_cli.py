@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,37 @@ def test_status_json_on_fresh_database(run_cli: Any, database_url: str) -> None:
     assert doc["state"] == "legacy"
     assert doc["next_command"] == "expand"
     assert {t["table"]: t["exists"] for t in doc["tables"]}["public.core_project"] is False
+
+
+@pytest.mark.db
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_backfill_exits_130_or_143_and_resumes(
+    db: Any, database_url: str, migrator_exe: str, sig: signal.Signals, code: int
+) -> None:
+    """Ctrl-C (130) or SIGTERM (143) during a backfill says what to run next; running it again finishes the job."""
+    from migrator.engine.context import Context
+    from migrator.phases.expand import Expand
+    from migrator.seed import seed
+    from migrator.spec import load_spec
+
+    with db.connect() as c:
+        seed(c, 3000, dirty_ratio=0.0, random_seed=5)
+    Expand().apply(Context(load_spec(None), db))
+    argv = [migrator_exe, "--dsn", database_url, "--json", "backfill", "--max-rows-per-second", "500"]
+    # The child must get the default SIGINT disposition even when this test runs in a shell's background job
+    # (which ignores SIGINT, and a process inherits that).
+    with subprocess.Popen(
+        ["env", "--default-signal=INT", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # wait for the first copied chunk
+            if '"event": "progress"' in line:
+                break
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "interrupted" in err
+    assert "run the same command again" in err
+    done = subprocess.run(argv[:5], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["state"] == "backfilled"

@@ -3,10 +3,11 @@ the command modules share. No SQL here, and no rich: rendering is console.py's."
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 import psycopg
@@ -167,10 +168,31 @@ def handle(exc: BaseException) -> int:
     return 3
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so every `finally` (locks, connections) runs on the way out."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _interrupted(exc: BaseException) -> NoReturn:
+    # Each step commits on its own, so what finished is kept; the state and the audit log say where it stopped.
+    console.error(
+        "interrupted: every completed step is committed; `migrator status` shows where the migration is — "
+        "run the same command again to continue, or `migrator rollback`"
+    )
+    sys.exit(143 if isinstance(exc, Terminated) else 130)
+
+
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cli.main(args=argv, prog_name="migrator", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        # click turns Ctrl-C (and SIGTERM, raised as one) into Abort; a declined confirmation is an Abort too.
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            _interrupted(exc.__context__)
         console.error("aborted")
         sys.exit(1)
     except click.ClickException as exc:
@@ -178,9 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(BadInputError.exit_code if exc.exit_code == 2 else exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        console.error("interrupted; every completed step is committed, re-run the command to continue")
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
     except Exception as exc:
         sys.exit(handle(exc))
     sys.exit(0)

@@ -85,13 +85,7 @@ class Contract(Phase[Options]):
         spec, opts = ctx.spec, self.options
         with state.transition(ctx.require_db(), spec, self.name, (self.left,)) as tr:
             guards.require_in_sync(ctx.require_db(), spec, self.name)
-            open_q = guards.open_quarantine(tr.conn, spec)
-            if open_q:
-                raise GuardFailed(
-                    f"`contract` refused: {open_q} legacy rows are in quarantine and not in the split tables",
-                    hint="fix them in the application, or accept them with `migrator validate "
-                    "--accept-quarantine` (they stay in the archive only)",
-                )
+            guards.require_no_open_quarantine(tr.conn, spec, self.name)
             _require_references_covered(spec, tr.conn)
             _wait_for_quiet(ctx, tr.conn, opts.quiet_period, opts.wait)
             run_actions(tr.conn, self.plan(ctx, tr.conn), on_step=ctx.announce(), lock_timeout=ctx.lock_timeout)

@@ -14,13 +14,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from migrator import state
-from migrator.db import scalar
+from migrator import preflight, state
+from migrator.db import scalar, table_exists
 from migrator.engine.actions import Action, run_actions
 from migrator.engine.context import Context, Report
-from migrator.errors import GuardFailed, OperationalError, TableDoesNotExist
+from migrator.errors import GuardFailed
 from migrator.phases.base import Phase, RollbackOptions
-from migrator.spec import Spec, split_table_columns
+from migrator.spec import Spec
 from migrator.sqlgen import names, triggers
 from migrator.sqlgen.compose import as_text, join, literal, load, render
 from migrator.sqlgen.ddl import resolve_sequence, table_actions
@@ -31,40 +31,25 @@ class Options:
     """expand takes no options today (the DDL lock timeout is the context's)."""
 
 
-def preflight(conn: psycopg.Connection[Any], spec: Spec) -> None:
-    """Refuse to start when the database does not match the spec; name what is wrong and how to fix it."""
-    version = conn.info.server_version
-    if version < 140000:
-        raise OperationalError(
-            f"PostgreSQL {version // 10000} is too old", hint="migrator needs PostgreSQL 14 or newer"
-        )
-    legacy = as_text(names.source(spec))
-    cols = dict(conn.execute(load("preflight_columns"), {"table": legacy}).fetchall())
-    if not cols:
-        raise TableDoesNotExist(
-            f"legacy table {spec.source.schema_}.{spec.source.table} does not exist",
-            hint="check [source] in the spec, or run `migrator seed` to create the demo schema",
-        )
-    missing = [c for c in spec.legacy_columns() if c not in cols]
-    if missing:
-        raise GuardFailed(
-            f"legacy table {spec.source.table} has no column(s) {', '.join(missing)}",
-            hint="fix the column names in the spec",
-        )
-    row = conn.execute(load("preflight_primary_key"), {"table": legacy}).fetchone()
-    if not row or row[0] != [spec.pk]:
-        raise GuardFailed(
-            f"{spec.source.table}'s primary key is {row[0] if row else 'missing'}, the spec says [{spec.pk}]",
-            hint="set source.primary_key to the table's single-column primary key",
-        )
-    expected = split_table_columns(spec)
-    for table, want in expected.items():
-        have = dict(conn.execute(load("preflight_columns"), {"table": as_text(names.split(spec, table))}).fetchall())
-        if have and set(have) != want:
-            raise GuardFailed(
-                f"table {spec.target_schema}.{table} already exists with other columns ({', '.join(have)})",
-                hint="rename or drop it, or choose another table name in the spec",
-            )
+def _trigger_on(spec: Spec) -> sql.Composed:
+    """True once the forward trigger exists: from then on the split rows are live and the generation has begun."""
+    return sql.SQL("EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass({}) AND tgname = {})").format(
+        literal(as_text(names.source(spec))), literal(names.trigger_name_text(spec, "forward"))
+    )
+
+
+def _record_action(spec: Spec) -> Action:
+    """Record the split tables as migrator's: the only tables it will ever empty or drop (preflight has refused a
+    table it did not create that holds rows; an empty one it takes over)."""
+    rows = join(
+        [sql.SQL("({}, 'table', {})").format(literal(spec.migration_name), literal(t)) for t in spec.split_tables()]
+    )
+    return Action(
+        "record the split tables as created by migrator (the only tables it empties or drops)",
+        sql.SQL("INSERT INTO {} (migration, kind, name) VALUES {} ON CONFLICT DO NOTHING").format(
+            names.state(spec, "objects"), rows
+        ),
+    )
 
 
 def _empty_stale_action(spec: Spec) -> Action:
@@ -73,26 +58,40 @@ def _empty_stale_action(spec: Spec) -> Action:
     reads them before read_new, so this loses nothing. Once the trigger exists, their rows are live: skip."""
     tables = [names.split(spec, t) for t in spec.split_tables()]
     empty = join([sql.SQL("NOT EXISTS (SELECT 1 FROM {})").format(t) for t in tables], " AND ")
-    trigger_on = sql.SQL("EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass({}) AND tgname = {})").format(
-        literal(as_text(names.source(spec))), literal(names.trigger_name_text(spec, "forward"))
+    return Action(
+        "empty split tables left over from an earlier, rolled-back expand (stale)",
+        sql.SQL("TRUNCATE {}").format(join(tables)),
+        done_check=sql.SQL("SELECT ({}) OR ({})").format(empty, _trigger_on(spec)),
     )
-    statement = join(
+
+
+def _new_generation_action(spec: Spec) -> Action:
+    """A new expand after a rollback is a new attempt: the earlier one's backfill ranges and quarantine are not
+    its own (their keys and verdicts describe rows that changed since), so they are cleared before it begins."""
+    owned = [names.state(spec, "quarantine"), names.state(spec, "backfill_ranges")]
+    clear = [sql.SQL("DELETE FROM {} WHERE migration = {}").format(t, literal(spec.migration_name)) for t in owned]
+    none = join(
         [
-            sql.SQL("TRUNCATE {}").format(join(tables)),
-            sql.SQL("DELETE FROM {} WHERE migration = {}").format(
-                names.state(spec, "quarantine"), literal(spec.migration_name)
-            ),
-            sql.SQL("DELETE FROM {} WHERE migration = {}").format(
-                names.state(spec, "backfill_ranges"), literal(spec.migration_name)
-            ),
+            sql.SQL("NOT EXISTS (SELECT 1 FROM {} WHERE migration = {})").format(t, literal(spec.migration_name))
+            for t in owned
         ],
-        ";\n",
+        " AND ",
     )
     return Action(
-        "empty split tables left over from an earlier, rolled-back expand (stale), and reset backfill/quarantine",
-        statement,
-        done_check=sql.SQL("SELECT ({}) OR ({})").format(empty, trigger_on),
+        "start a new generation: clear an earlier attempt's backfill ranges and quarantine",
+        join(clear, ";\n"),
+        done_check=sql.SQL("SELECT ({}) OR ({})").format(none, _trigger_on(spec)),
     )
+
+
+def _earlier_attempt(conn: psycopg.Connection[Any], spec: Spec) -> dict[str, int]:
+    """What an earlier attempt left in the state schema (the audit log of the new generation says it cleared it)."""
+    out = {}
+    for table in ("backfill_ranges", "quarantine"):
+        if table_exists(conn, spec.state_schema, table):
+            query = sql.SQL("SELECT count(*) FROM {} WHERE migration = %s").format(names.state(spec, table))
+            out[table] = int(scalar(conn, query, [spec.migration_name]) or 0)
+    return out
 
 
 class Expand(Phase[Options]):
@@ -106,13 +105,16 @@ class Expand(Phase[Options]):
         return [
             state.schema_action(ctx.spec),
             *table_actions(ctx.spec, sequence),
+            _record_action(ctx.spec),
             _empty_stale_action(ctx.spec),
+            _new_generation_action(ctx.spec),
             *triggers.forward_actions(ctx.spec),
         ]
 
     def apply(self, ctx: Context) -> None:
         with state.transition(ctx.require_db(), ctx.spec, self.name, (self.left,)) as tr:
-            preflight(tr.conn, ctx.spec)
+            preflight.check(tr.conn, ctx.spec)
+            earlier = _earlier_attempt(tr.conn, ctx.spec)
             actions = self.plan(ctx, tr.conn)
             run_actions(tr.conn, actions, on_step=ctx.announce(), lock_timeout=ctx.lock_timeout)
             report = self._verify(ctx, tr.conn)
@@ -121,7 +123,11 @@ class Expand(Phase[Options]):
             tr.finish(
                 self.entered,
                 reason=ctx.reason,
-                details={"steps": len(actions), "spec": ctx.spec.model_dump(mode="json", by_alias=True)},
+                details={
+                    "steps": len(actions),
+                    "spec": ctx.spec.model_dump(mode="json", by_alias=True),
+                    "cleared_from_earlier_attempt": earlier,
+                },
             )
 
     def verify(self, ctx: Context) -> Report:
@@ -155,8 +161,9 @@ class Expand(Phase[Options]):
         )
         return report
 
-    def rollback_plan(self, ctx: Context, opts: RollbackOptions) -> list[Action]:
-        """Detach the triggers and drop their functions; drop the split tables only when asked to."""
+    def rollback_plan(self, ctx: Context, opts: RollbackOptions, recorded: set[str] | None = None) -> list[Action]:
+        """Detach the triggers and drop their functions; drop the split tables only when asked to, and only those
+        migrator recorded as its own (`recorded`; None in an offline plan: all of them)."""
         spec = ctx.spec
         acts = [
             *triggers.drop_forward_actions(spec),
@@ -176,13 +183,21 @@ class Expand(Phase[Options]):
         ]
         if opts.drop_tables:
             for table in reversed(spec.split_tables()):
-                acts.append(Action(f"drop split table {table}", render("drop_table", table=names.split(spec, table))))
+                if recorded is not None and table not in recorded:
+                    continue
+                forget = sql.SQL("DELETE FROM {} WHERE migration = {} AND kind = 'table' AND name = {}").format(
+                    names.state(spec, "objects"), literal(spec.migration_name), literal(table)
+                )
+                drop = render("drop_table", table=names.split(spec, table))
+                acts.append(Action(f"drop split table {table}", join([drop, forget], ";\n")))
         return acts
 
     def rollback(self, ctx: Context, opts: RollbackOptions) -> None:
         """dual_write -> legacy: the application never depended on the split tables, so nothing can be lost."""
         with state.transition(ctx.require_db(), ctx.spec, "rollback", (self.entered,)) as tr:
-            run_actions(tr.conn, self.rollback_plan(ctx, opts), on_step=ctx.announce(), lock_timeout=ctx.lock_timeout)
+            recorded = preflight.recorded_tables(tr.conn, ctx.spec)
+            actions = self.rollback_plan(ctx, opts, recorded)
+            run_actions(tr.conn, actions, on_step=ctx.announce(), lock_timeout=ctx.lock_timeout)
             kept = "dropped" if opts.drop_tables else "kept (drop them with --drop-tables)"
             ctx.reporter.step(f"split tables {kept}")
             tr.finish(self.left, reason=ctx.reason, details={"drop_tables": opts.drop_tables})

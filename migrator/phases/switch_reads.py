@@ -77,6 +77,7 @@ class SwitchReads(Phase[Options]):
                     hint="use `migrator rollback` to send reads back to legacy",
                 )
             guards.require_in_sync(db, ctx.spec, self.name)
+            guards.require_no_open_quarantine(tr.conn, ctx.spec, self.name)
             run_actions(
                 tr.conn, self.grant_actions(ctx, tr.conn), on_step=ctx.announce(), lock_timeout=ctx.lock_timeout
             )

@@ -38,6 +38,7 @@ class SwitchWrites(Phase[Options]):
         db = ctx.require_db()
         with state.transition(db, ctx.spec, self.name, (self.left,)) as tr:
             guards.require_in_sync(db, ctx.spec, self.name)
+            guards.require_no_open_quarantine(tr.conn, ctx.spec, self.name)
             run_actions(tr.conn, self.plan(ctx), on_step=ctx.announce(), lock_timeout=ctx.lock_timeout)
             with tr.conn.transaction():
                 guards.mark_legacy_writes(tr.conn, ctx.spec)  # the quiet period starts now

@@ -1,4 +1,4 @@
--- ===== phase: expand (17 steps) =====
+-- ===== phase: expand (19 steps) =====
 
 -- create state schema migrator_pay (flags, audit log, quarantine)
 BEGIN;
@@ -35,6 +35,15 @@ CREATE TABLE IF NOT EXISTS "migrator_pay".transitions (
     reason      text,
     duration_ms bigint,
     details     jsonb
+);
+
+-- What migrator created (or took over empty) for a migration: the only tables it will ever empty or drop.
+CREATE TABLE IF NOT EXISTS "migrator_pay".objects (
+    migration  text NOT NULL,
+    kind       text NOT NULL,
+    name       text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (migration, kind, name)
 );
 
 -- Rows the split schema rejected (DESIGN.md §Races 4): the application's write succeeded, the copy did not.
@@ -187,11 +196,24 @@ SET LOCAL statement_timeout = '0ms';
 ALTER TABLE "billing_v2"."payment_attributes" VALIDATE CONSTRAINT "payment_attributes_payment_uuid_fkey";
 COMMIT;
 
--- empty split tables left over from an earlier, rolled-back expand (stale), and reset backfill/quarantine
+-- record the split tables as created by migrator (the only tables it empties or drops)
+BEGIN;
+SET LOCAL lock_timeout = '500ms';
+SET LOCAL statement_timeout = '60000ms';
+INSERT INTO "migrator_pay"."objects" (migration, kind, name) VALUES ('payments_split', 'table', 'payments'), ('payments_split', 'table', 'card_payments'), ('payments_split', 'table', 'bank_transfers'), ('payments_split', 'table', 'payment_attributes') ON CONFLICT DO NOTHING;
+COMMIT;
+
+-- empty split tables left over from an earlier, rolled-back expand (stale)
 BEGIN;
 SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 TRUNCATE "billing_v2"."payments", "billing_v2"."card_payments", "billing_v2"."bank_transfers", "billing_v2"."payment_attributes";
+COMMIT;
+
+-- start a new generation: clear an earlier attempt's backfill ranges and quarantine
+BEGIN;
+SET LOCAL lock_timeout = '500ms';
+SET LOCAL statement_timeout = '60000ms';
 DELETE FROM "migrator_pay"."quarantine" WHERE migration = 'payments_split';
 DELETE FROM "migrator_pay"."backfill_ranges" WHERE migration = 'payments_split';
 COMMIT;

@@ -1,4 +1,4 @@
--- ===== phase: expand (19 steps) =====
+-- ===== phase: expand (21 steps) =====
 
 -- create state schema migrator (flags, audit log, quarantine)
 BEGIN;
@@ -35,6 +35,15 @@ CREATE TABLE IF NOT EXISTS "migrator".transitions (
     reason      text,
     duration_ms bigint,
     details     jsonb
+);
+
+-- What migrator created (or took over empty) for a migration: the only tables it will ever empty or drop.
+CREATE TABLE IF NOT EXISTS "migrator".objects (
+    migration  text NOT NULL,
+    kind       text NOT NULL,
+    name       text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (migration, kind, name)
 );
 
 -- Rows the split schema rejected (DESIGN.md §Races 4): the application's write succeeded, the copy did not.
@@ -206,11 +215,24 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS "projects_owner_id_idx" ON "public"."pro
 RESET lock_timeout;
 RESET statement_timeout;
 
--- empty split tables left over from an earlier, rolled-back expand (stale), and reset backfill/quarantine
+-- record the split tables as created by migrator (the only tables it empties or drops)
+BEGIN;
+SET LOCAL lock_timeout = '500ms';
+SET LOCAL statement_timeout = '60000ms';
+INSERT INTO "migrator"."objects" (migration, kind, name) VALUES ('core_project_split', 'table', 'projects'), ('core_project_split', 'table', 'school_projects'), ('core_project_split', 'table', 'self_study_projects'), ('core_project_split', 'table', 'project_meta') ON CONFLICT DO NOTHING;
+COMMIT;
+
+-- empty split tables left over from an earlier, rolled-back expand (stale)
 BEGIN;
 SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
 TRUNCATE "public"."projects", "public"."school_projects", "public"."self_study_projects", "public"."project_meta";
+COMMIT;
+
+-- start a new generation: clear an earlier attempt's backfill ranges and quarantine
+BEGIN;
+SET LOCAL lock_timeout = '500ms';
+SET LOCAL statement_timeout = '60000ms';
 DELETE FROM "migrator"."quarantine" WHERE migration = 'core_project_split';
 DELETE FROM "migrator"."backfill_ranges" WHERE migration = 'core_project_split';
 COMMIT;

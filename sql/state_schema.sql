@@ -9,6 +9,11 @@ CREATE TABLE IF NOT EXISTS {schema}.state (
     -- contract's quiet-period guard: the legacy-writes counter's value, and since when it has not moved
     legacy_mark    bigint,
     legacy_mark_at timestamptz,
+    -- a rollback's quiet-period guard on the split side: the split-writes counter's value, and since when
+    split_mark     bigint,
+    split_mark_at  timestamptz,
+    -- a transition that commits several steps records each here as it commits it (NULL: none in flight)
+    progress       jsonb,
     updated_at   timestamptz NOT NULL DEFAULT now(),
     updated_by   text NOT NULL DEFAULT current_user
 );
@@ -16,6 +21,9 @@ CREATE TABLE IF NOT EXISTS {schema}.state (
 -- Columns added after the first release: a state schema created by an older migrator gains them here.
 ALTER TABLE {schema}.state ADD COLUMN IF NOT EXISTS legacy_mark bigint;
 ALTER TABLE {schema}.state ADD COLUMN IF NOT EXISTS legacy_mark_at timestamptz;
+ALTER TABLE {schema}.state ADD COLUMN IF NOT EXISTS split_mark bigint;
+ALTER TABLE {schema}.state ADD COLUMN IF NOT EXISTS split_mark_at timestamptz;
+ALTER TABLE {schema}.state ADD COLUMN IF NOT EXISTS progress jsonb;
 
 CREATE TABLE IF NOT EXISTS {schema}.transitions (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

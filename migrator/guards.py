@@ -1,9 +1,12 @@
-"""Guards the transitions share: a fresh row-level comparison, the quarantine, the legacy quiet period."""
+"""Guards the transitions share: a fresh row-level comparison, the quarantine, and the quiet period of a side whose
+sync a transition removes (contract: legacy; a rollback: split)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -52,9 +55,12 @@ def open_quarantine(conn: psycopg.Connection[Any], spec: Spec) -> int:
     return int(row[0]) if row else 0
 
 
-def legacy_writes(conn: psycopg.Connection[Any], spec: Spec) -> int:
-    """How many direct legacy write statements the counter has seen (0 before switch-writes)."""
-    counter = names.legacy_writes_sequence(spec)
+Side = Literal["legacy", "split"]
+
+
+def writes(conn: psycopg.Connection[Any], spec: Spec, side: Side) -> int:
+    """How many direct write statements one side's counter has seen (0 before switch-writes creates it)."""
+    counter = names.writes_sequence(spec, side)
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [as_text(counter)]).fetchone()
     if not row or not row[0]:
         return 0
@@ -62,6 +68,19 @@ def legacy_writes(conn: psycopg.Connection[Any], spec: Spec) -> int:
         sql.SQL("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {}").format(counter)
     ).fetchone()
     return int(value[0]) if value else 0
+
+
+def legacy_writes(conn: psycopg.Connection[Any], spec: Spec) -> int:
+    return writes(conn, spec, "legacy")
+
+
+def counting(conn: psycopg.Connection[Any], spec: Spec, side: Side) -> bool:
+    """Whether that side's writes are being counted (its counter trigger is attached: both syncs are on)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgname = %s)",
+        [names.trigger_name_text(spec, f"{side}_writes")],
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def require_no_open_quarantine(conn: psycopg.Connection[Any], spec: Spec, command: str) -> None:
@@ -86,45 +105,87 @@ def require_no_open_quarantine(conn: psycopg.Connection[Any], spec: Spec, comman
     )
 
 
-def mark_legacy_writes(conn: psycopg.Connection[Any], spec: Spec) -> tuple[int, datetime, bool]:
-    """Compare the legacy-writes counter with the stored mark; move the mark when the counter moved.
+def mark_writes(conn: psycopg.Connection[Any], spec: Spec, side: Side) -> tuple[int, datetime, bool]:
+    """Compare one side's writes counter with its stored mark; move the mark when the counter moved.
     Returns (counter, quiet since, moved)."""
-    count = legacy_writes(conn, spec)
+    count = writes(conn, spec, side)
+    mark, mark_at = sql.Identifier(f"{side}_mark"), sql.Identifier(f"{side}_mark_at")
+    state_table = names.state(spec, "state")
     row = conn.execute(
-        sql.SQL("SELECT legacy_mark, legacy_mark_at, now() FROM {} WHERE migration = %s").format(
-            names.state(spec, "state")
-        ),
+        sql.SQL("SELECT {}, {}, now() FROM {} WHERE migration = %s").format(mark, mark_at, state_table),
         [spec.migration_name],
     ).fetchone()
     assert row is not None
-    mark, mark_at, now = row
-    if mark is None or mark != count or mark_at is None:
+    marked, marked_at, now = row
+    if marked is None or marked != count or marked_at is None:
         conn.execute(
-            sql.SQL("UPDATE {} SET legacy_mark = %s, legacy_mark_at = now() WHERE migration = %s").format(
-                names.state(spec, "state")
-            ),
+            sql.SQL("UPDATE {} SET {} = %s, {} = now() WHERE migration = %s").format(state_table, mark, mark_at),
             [count, spec.migration_name],
         )
         return count, now, True
-    return count, mark_at, False
+    return count, marked_at, False
 
 
-class LegacyNotQuiet(GuardFailed):
+def mark_legacy_writes(conn: psycopg.Connection[Any], spec: Spec) -> tuple[int, datetime, bool]:
+    return mark_writes(conn, spec, "legacy")
+
+
+class NotQuiet(GuardFailed):
+    """A side that a transition stops syncing saw direct writes within the quiet period."""
+
+
+class LegacyNotQuiet(NotQuiet):
     """The legacy table saw direct writes within the quiet period."""
 
 
-def require_legacy_quiet(conn: psycopg.Connection[Any], spec: Spec, quiet_seconds: float) -> None:
-    """Refuse contract while applications still write the legacy table directly. Call it outside a transaction
-    (autocommit): the mark it moves must stay moved when it refuses, or the quiet period would never start."""
-    count, since, moved = mark_legacy_writes(conn, spec)
+# side -> (what writes it directly, who must stop, the exception)
+_QUIET = {
+    "legacy": ("the legacy table has been free of direct writes", "writes the split tables", LegacyNotQuiet),
+    "split": ("the split tables have been free of direct writes", "writes the legacy table again", NotQuiet),
+}
+
+
+def require_quiet(conn: psycopg.Connection[Any], spec: Spec, side: Side, quiet_seconds: float, command: str) -> None:
+    """Refuse `command`, which stops syncing `side`, while applications still write it directly: an instance that
+    has not seen the flag yet would lose its writes. Call it outside a transaction (autocommit): the mark it moves
+    must stay moved when it refuses, or the quiet period would never start."""
+    count, since, moved = mark_writes(conn, spec, side)
     now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
     quiet_for = 0.0 if moved else (now - since).total_seconds()
     if quiet_for < quiet_seconds:
-        wait = quiet_seconds - quiet_for
-        raise LegacyNotQuiet(
-            f"`contract` refused: the legacy table has been free of direct writes for "
-            f"{quiet_for:.0f} s of the required {quiet_seconds:.0f} s "
+        what, must, error = _QUIET[side]
+        raise error(
+            f"`{command}` refused: {what} for {quiet_for:.0f} s of the required {quiet_seconds:.0f} s "
             f"({count} direct write statements since switch-writes)",
-            hint=f"make sure every application instance writes the split tables, then retry in {wait:.0f} s "
-            "(or pass --quiet-period with a shorter time)",
+            hint=f"make sure every application instance {must}, then retry in {quiet_seconds - quiet_for:.0f} s "
+            "(or pass --wait to keep checking, or --quiet-period with a shorter time)",
         )
+
+
+def require_legacy_quiet(conn: psycopg.Connection[Any], spec: Spec, quiet_seconds: float) -> None:
+    require_quiet(conn, spec, "legacy", quiet_seconds, "contract")
+
+
+def wait_for_quiet(
+    conn: psycopg.Connection[Any],
+    spec: Spec,
+    side: Side,
+    quiet: float,
+    wait: float,
+    command: str,
+    on_wait: Callable[[str], None],
+) -> None:
+    """require_quiet, checked once a second for up to `wait` seconds before it refuses."""
+    deadline = time.monotonic() + wait
+    announced = False
+    while True:
+        try:
+            require_quiet(conn, spec, side, quiet, command)
+            return
+        except NotQuiet as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if not announced:
+                on_wait(f"waiting for the {side} side to stay quiet for {quiet:.0f} s ({exc.message})")
+                announced = True
+            time.sleep(1.0)

@@ -100,7 +100,8 @@ def _lifecycle(ctx: Context) -> None:
     with ctx.require_db().connect(autocommit=True) as c:
         assert guards.diff(c, ctx.spec) == []
     while (current := operations.current_state(ctx)) != "legacy":
-        operations.rollback(ctx, opts=RollbackOptions(drop_tables=current == "dual_write"))
+        opts = RollbackOptions(drop_tables=current == "dual_write", quiet_period=0.5, wait=30)
+        operations.rollback(ctx, opts=opts)
         settle()
 
 

@@ -4,9 +4,15 @@ quarantine that arrives after validate blocks the forward transitions."""
 
 from __future__ import annotations
 
+import collections
+import threading
+import time
+from typing import Any
+
+import psycopg
 import pytest
 
-from migrator import operations
+from migrator import lifecycle, operations
 from migrator.db import Database
 from migrator.engine.context import Context
 from migrator.errors import GuardFailed
@@ -15,6 +21,7 @@ from migrator.phases.backfill import Backfill
 from migrator.phases.base import RollbackOptions
 from migrator.phases.expand import Expand
 from migrator.phases.switch_reads import SwitchReads
+from migrator.phases.switch_writes import SwitchWrites
 from migrator.phases.validate import Validate
 from migrator.seed import seed
 from migrator.spec import Spec
@@ -126,3 +133,92 @@ def test_quarantine_after_validate_blocks_switch_reads(seeded: Database, project
             [row[0]],
         )
     SwitchReads().apply(ctx)
+
+
+class LaggingInstance:
+    """An application instance that acts on the flags as they were `lag` seconds ago (a cache, a slow deploy):
+    it inserts one row a tick into the side it believes it should write, and remembers every id and side."""
+
+    def __init__(self, url: str, lag: float) -> None:
+        self.url, self.lag = url, lag
+        self.written: list[tuple[int, str]] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LaggingInstance:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+    def _run(self) -> None:
+        seen: collections.deque[tuple[float, str]] = collections.deque()
+        with psycopg.connect(self.url, autocommit=True) as c:
+            owner = c.execute("SELECT min(id) FROM public.auth_user").fetchone()[0]  # type: ignore[index]
+            while not self.stop.is_set():
+                now = time.monotonic()
+                flag = c.execute("SELECT migrator.flag_state('core_project_split')").fetchone()[0]  # type: ignore[index]
+                seen.append((now, flag))
+                while len(seen) > 1 and seen[1][0] <= now - self.lag:
+                    seen.popleft()
+                side = "split" if lifecycle.writes_split(seen[0][1]) else "legacy"
+                try:
+                    with c.transaction():
+                        self.written.append((self._insert(c, side, owner), side))
+                except psycopg.Error as exc:
+                    self.errors.append(str(exc).splitlines()[0])
+                time.sleep(0.05)
+
+    @staticmethod
+    def _insert(c: psycopg.Connection[Any], side: str, owner: int) -> int:
+        if side == "split":
+            row = c.execute(
+                "INSERT INTO public.projects (name, project_type, owner_id, is_draft, created_at, updated_at) "
+                "VALUES ('lagging', 'self_study', %s, false, now(), now()) RETURNING id",
+                [owner],
+            ).fetchone()
+            assert row is not None
+            c.execute(
+                "INSERT INTO public.self_study_projects (project_id, goal_description, study_frequency) "
+                "VALUES (%s, 'lagging goal', 'daily')",
+                [row[0]],
+            )
+            return int(row[0])
+        row = c.execute(
+            "INSERT INTO public.core_project (name, project_type, owner_id, goal_description, study_frequency) "
+            "VALUES ('lagging', 'self_study', %s, 'lagging goal', 'daily') RETURNING id",
+            [owner],
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def test_rollback_waits_for_a_lagging_instance_and_loses_none_of_its_writes(
+    seeded: Database, projects_spec: Spec, database_url: str
+) -> None:
+    """An instance that sees the flags 2 s late keeps writing the split tables after the rollback from write_new:
+    `rollback --to legacy --wait` keeps the reverse sync until the split side is quiet, and every row it wrote,
+    on either side, is in the legacy table at the end."""
+    with seeded.connect(autocommit=True) as c:
+        c.execute("UPDATE public.core_project SET course_name = 'c', course_code = 'c', teacher_name = 't'")
+        c.execute("UPDATE public.core_project SET goal_description = 'g', study_frequency = 'w'")
+    ctx = Context(projects_spec, seeded)
+    for phase in (Expand(), Backfill(), Validate(), SwitchReads(), SwitchWrites()):
+        phase.apply(ctx)
+    with LaggingInstance(database_url, lag=2.0) as app:
+        time.sleep(2.5)  # it has seen write_new by now, and writes the split tables
+        operations.rollback(ctx, "legacy", RollbackOptions(quiet_period=1.0, wait=60))
+        time.sleep(0.5)
+    assert app.errors == []
+    ids = [i for i, _ in app.written]
+    with seeded.connect(autocommit=True) as c:
+        found = c.execute(
+            "SELECT count(*) FROM public.core_project WHERE id = ANY(%s) AND name = 'lagging' "
+            "AND goal_description = 'lagging goal' AND study_frequency = 'daily'",
+            [ids],
+        ).fetchone()
+    assert found == (len(ids),)
+    assert {side for _, side in app.written} == {"split", "legacy"}

@@ -229,11 +229,28 @@ def contract(app: App, quiet_period: float, compat_view: bool, wait: float, reas
     type=click.FloatRange(min=1),
     help="From contracted: throttle the reverse backfill (leaves CPU to the application).",
 )
+@defaulted(
+    "--quiet-period",
+    click.FloatRange(min=0),
+    60,
+    "Before the reverse sync goes: seconds the split tables must have gone without direct writes.",
+)
+@defaulted("--wait", click.FloatRange(min=0), 0, "Seconds to keep waiting for that quiet period instead of refusing.")
 @reason_option
-@examples("migrator rollback", "migrator rollback --to legacy --drop-tables --yes")
+@examples(
+    "migrator rollback",
+    "migrator rollback --to legacy --drop-tables --yes",
+    "migrator rollback --to validated --wait 120     # lets lagging app instances stop writing the split tables",
+)
 @pass_app
 def rollback(
-    app: App, to_state: str | None, drop_tables: bool, max_rows_per_second: float | None, reason: str | None
+    app: App,
+    to_state: str | None,
+    drop_tables: bool,
+    max_rows_per_second: float | None,
+    quiet_period: float,
+    wait: float,
+    reason: str | None,
 ) -> None:
     """Go back one state (or down to --to STATE) without losing a write made meanwhile."""
     from migrator import operations
@@ -241,7 +258,9 @@ def rollback(
 
     if drop_tables:
         console.confirm(f"drop the split tables {', '.join(app.spec.split_tables())}?", assume_yes=app.yes)
-    opts = RollbackOptions(drop_tables=drop_tables, max_rows_per_second=max_rows_per_second)
+    opts = RollbackOptions(
+        drop_tables=drop_tables, max_rows_per_second=max_rows_per_second, quiet_period=quiet_period, wait=wait
+    )
     steps = operations.rollback(context(app, reason=reason), to_state, opts)
     if app.json:
         console.print_json(

@@ -32,6 +32,10 @@ class RollbackOptions:
     drop_tables: bool = False
     # From contracted: cap the reverse backfill (leaves CPU to the application).
     max_rows_per_second: float | None = None
+    # A step that removes the reverse sync first waits until the split tables have had no direct write for this
+    # long (application instances see a flag change late), checking for up to `wait` seconds before it refuses.
+    quiet_period: float = 60.0
+    wait: float = 0.0
 
 
 class Phase(ABC, Generic[OptionsT]):

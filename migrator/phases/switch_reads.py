@@ -98,6 +98,12 @@ class SwitchReads(Phase[Options]):
         """Reads go back to legacy. Writes never left legacy (or, after a rollback from
         write_new, the reverse triggers left on carried them there); those triggers are removed now."""
         with state.transition(ctx.require_db(), ctx.spec, "rollback", (self.entered,)) as tr:
+            if guards.counting(tr.conn, ctx.spec, "split"):
+                # Instances that have not seen the flag yet may still write the split tables; their writes reach
+                # legacy only while the reverse sync is on, so it goes only once the split side has been quiet.
+                guards.wait_for_quiet(
+                    tr.conn, ctx.spec, "split", opts.quiet_period, opts.wait, "rollback", ctx.reporter.step
+                )
             run_actions(
                 tr.conn, triggers.drop_reverse_actions(ctx.spec), on_step=ctx.announce(), lock_timeout=ctx.lock_timeout
             )

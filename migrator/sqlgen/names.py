@@ -71,4 +71,9 @@ def archive(spec: Spec) -> sql.Identifier:
 
 
 def legacy_writes_sequence(spec: Spec) -> sql.Identifier:
-    return ident(spec.state_schema, object_name(spec.migration_name, suffix="legacy_writes"))
+    return writes_sequence(spec, "legacy")
+
+
+def writes_sequence(spec: Spec, side: str) -> sql.Identifier:
+    """The counter of direct writes to one side ("legacy" or "split") while both syncs are on."""
+    return ident(spec.state_schema, object_name(spec.migration_name, suffix=f"{side}_writes"))

@@ -7,6 +7,7 @@ quoted identifiers inside the plpgsql too.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from psycopg import sql
 
@@ -15,7 +16,7 @@ from migrator.engine.session import MULTI_TABLE_LOCK_TIMEOUT
 from migrator.spec import ColumnSpec, Spec, Variant
 from migrator.sqlgen import names, rules
 from migrator.sqlgen.compose import as_text, ident, join, literal, plpgsql_function, raw, render
-from migrator.sqlgen.names import function_name, legacy_writes_sequence, trigger_name
+from migrator.sqlgen.names import function_name, trigger_name
 from migrator.sqlgen.views import meta_to_legacy
 
 
@@ -330,25 +331,39 @@ def reverse_tables(spec: Spec) -> list[tuple[str, str, sql.Composed]]:
     return out
 
 
-def reverse_actions(spec: Spec) -> list[Action]:
-    """Functions first, then every reverse trigger and the legacy-writes counter in one short transaction."""
-    acts = [
+# side -> the origin that means "our own sync wrote this", which its counter must not count
+_COUNTED: dict[str, Literal["legacy", "split"]] = {"legacy": "split", "split": "legacy"}
+
+
+def _counter_actions(spec: Spec, side: str) -> list[Action]:
+    sequence = names.writes_sequence(spec, side)
+    return [
         Action(
-            "create the legacy-writes counter (a sequence: counting never blocks a writer)",
-            sql.SQL("CREATE SEQUENCE IF NOT EXISTS {}").format(legacy_writes_sequence(spec)),
+            f"create the {side}-writes counter (a sequence: counting never blocks a writer)",
+            sql.SQL("CREATE SEQUENCE IF NOT EXISTS {}").format(sequence),
         ),
         Action(
-            "create the legacy-writes statement trigger function",
+            f"create the {side}-writes statement trigger function",
             plpgsql_function(
-                function_name(spec, "legacy_writes"),
+                function_name(spec, f"{side}_writes"),
                 render(
-                    "legacy_writes_trigger",
-                    sequence=literal(as_text(legacy_writes_sequence(spec))),
-                    from_split=rules.origin_is("split"),
+                    "writes_counter_trigger",
+                    sequence=literal(as_text(sequence)),
+                    synced=rules.origin_is(_COUNTED[side]),
                 ),
             ),
         ),
     ]
+
+
+def _counted_tables(spec: Spec) -> list[tuple[str, sql.Identifier]]:
+    """(side, table) for each table whose direct writes a counter counts."""
+    return [("legacy", names.source(spec)), *(("split", names.split(spec, t)) for t in spec.split_tables())]
+
+
+def reverse_actions(spec: Spec) -> list[Action]:
+    """Functions first, then every reverse trigger and the two write counters in one short transaction."""
+    acts = [*_counter_actions(spec, "legacy"), *_counter_actions(spec, "split")]
     attach: list[sql.Composable] = []
     for table, kind, body in reverse_tables(spec):
         acts.append(
@@ -367,20 +382,14 @@ def reverse_actions(spec: Spec) -> list[Action]:
                 function_name(spec, kind),
             )
         )
-    attach.append(
-        create_trigger(
-            spec,
-            "legacy_writes",
-            "AFTER INSERT OR UPDATE OR DELETE",
-            names.source(spec),
-            "STATEMENT",
-            function_name(spec, "legacy_writes"),
-        )
-    )
-    # All in one transaction: from its commit on, a write on either side reaches the other.
+    for side, counted in _counted_tables(spec):
+        counter = f"{side}_writes"
+        events = "AFTER INSERT OR UPDATE OR DELETE"
+        attach.append(create_trigger(spec, counter, events, counted, "STATEMENT", function_name(spec, counter)))
+    # All in one transaction: from its commit on, a write on either side reaches the other, and is counted.
     acts.append(
         Action(
-            "attach reverse triggers to the split tables and the legacy-writes counter",
+            "attach reverse triggers to the split tables and the legacy- and split-writes counters",
             join(attach, ";\n"),
             lock_timeout=MULTI_TABLE_LOCK_TIMEOUT,
         )
@@ -393,12 +402,13 @@ def drop_reverse_actions(spec: Spec) -> list[Action]:
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(trigger_name(spec, kind), names.split(spec, table))
         for table, kind, _ in reverse_tables(spec)
     ]
-    drops.append(
-        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(trigger_name(spec, "legacy_writes"), names.source(spec))
-    )
+    drops += [
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(trigger_name(spec, f"{side}_writes"), table)
+        for side, table in _counted_tables(spec)
+    ]
     return [
         Action(
-            "detach reverse triggers and the legacy-writes counter",
+            "detach reverse triggers and the write counters",
             join(drops, ";\n"),
             lock_timeout=MULTI_TABLE_LOCK_TIMEOUT,
         )

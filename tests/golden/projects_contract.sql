@@ -55,6 +55,10 @@ DROP TRIGGER IF EXISTS "migrator_core_project_split_reverse_v0" ON "public"."sch
 DROP TRIGGER IF EXISTS "migrator_core_project_split_reverse_v1" ON "public"."self_study_projects";
 DROP TRIGGER IF EXISTS "migrator_core_project_split_reverse_meta" ON "public"."project_meta";
 DROP TRIGGER IF EXISTS "migrator_core_project_split_legacy_writes" ON "public"."core_project";
+DROP TRIGGER IF EXISTS "migrator_core_project_split_split_writes" ON "public"."projects";
+DROP TRIGGER IF EXISTS "migrator_core_project_split_split_writes" ON "public"."school_projects";
+DROP TRIGGER IF EXISTS "migrator_core_project_split_split_writes" ON "public"."self_study_projects";
+DROP TRIGGER IF EXISTS "migrator_core_project_split_split_writes" ON "public"."project_meta";
 -- squawk-ignore renaming-table
 ALTER TABLE "public"."core_project" RENAME TO "core_project_archived";
 COMMIT;

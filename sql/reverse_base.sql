@@ -9,7 +9,8 @@ BEGIN
     END IF;
     PERFORM set_config('migrator.origin', 'split', true);
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO {legacy} AS t ({all_cols}) VALUES ({new_vals})
+        -- The split row keeps the key the legacy sequence gave it: an identity key GENERATED ALWAYS must take it.
+        INSERT INTO {legacy} AS t ({all_cols}) OVERRIDING SYSTEM VALUE VALUES ({new_vals})
         ON CONFLICT ({pk}) DO UPDATE SET ({cols}) = ROW({excluded});
     ELSIF TG_OP = 'UPDATE' THEN
         UPDATE {legacy} SET ({all_cols}) = ROW({new_vals}) WHERE {pk} = OLD.{pk};

@@ -23,7 +23,7 @@ from migrator.phases.base import Phase, RollbackOptions
 from migrator.spec import Spec
 from migrator.sqlgen import names, triggers
 from migrator.sqlgen.compose import as_text, join, literal, load, render
-from migrator.sqlgen.ddl import resolve_sequence, table_actions
+from migrator.sqlgen.ddl import check_actions, legacy_checks, resolve_sequence, table_actions
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ class Expand(Phase[Options]):
         return [
             state.schema_action(ctx.spec),
             *table_actions(ctx.spec, sequence),
+            *(check_actions(ctx.spec, legacy_checks(conn, ctx.spec)[0]) if conn is not None else []),
             _record_action(ctx.spec),
             _empty_stale_action(ctx.spec),
             _new_generation_action(ctx.spec),

@@ -14,6 +14,8 @@ from typing import Any
 
 from psycopg import sql
 
+from migrator.engine.session import VALUE_SETTINGS
+
 # The package directory (migrator/), one level above this module.
 _PKG = Path(__file__).resolve().parent.parent
 
@@ -98,8 +100,11 @@ def plpgsql_function(
     # Such a function must not trust the caller's search_path (an unprivileged role could shadow an operator in
     # it and run code as the owner): pg_catalog only, pg_temp last. Nobody but triggers calls it: EXECUTE is
     # revoked from PUBLIC (PostgreSQL does not check EXECUTE when it fires a trigger).
+    # The value settings are pinned too: what the sync encodes (a timestamptz in the meta JSON) must not depend on
+    # the TimeZone or DateStyle of the application's session that fired it.
+    pins = join([sql.SQL("SET {} = {}").format(ident(k), literal(v)) for k, v in VALUE_SETTINGS.items()], " ")
     return sql.SQL(
         "CREATE OR REPLACE FUNCTION {} RETURNS {} LANGUAGE plpgsql\n"
-        "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {}\n{}{};\n"
+        "SECURITY DEFINER SET search_path = pg_catalog, pg_temp {} AS {}\n{}{};\n"
         "REVOKE EXECUTE ON FUNCTION {} FROM PUBLIC"
-    ).format(signature, raw(returns), raw(tag), raw(text.rstrip("\n") + "\n"), raw(tag), signature)
+    ).format(signature, raw(returns), pins, raw(tag), raw(text.rstrip("\n") + "\n"), raw(tag), signature)

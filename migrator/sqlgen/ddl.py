@@ -4,6 +4,7 @@ indexes (CONCURRENTLY). expand builds most of it; the backfill builds the indexe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -210,3 +211,76 @@ def resolve_sequence(conn: psycopg.Connection[Any], spec: Spec) -> str | None:
         [table, spec.pk],
     ).fetchone()
     return str(row[0]) if row else None
+
+
+@dataclass(frozen=True)
+class CarriedCheck:
+    """A CHECK constraint of the legacy table whose columns all land in one split table."""
+
+    table: str
+    name: str
+    definition: str  # pg_get_constraintdef's text: the server's own rendering, with the same column names
+    validated: bool  # the legacy constraint is validated (a NOT VALID one is carried NOT VALID, and stays so)
+
+
+_LEGACY_CHECKS = """
+SELECT c.conname::text, pg_catalog.pg_get_constraintdef(c.oid), c.convalidated,
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey))
+  FROM pg_catalog.pg_constraint c
+ WHERE c.conrelid = pg_catalog.to_regclass(%s) AND c.contype = 'c'
+ ORDER BY c.conname
+"""
+
+
+def legacy_checks(conn: psycopg.Connection[Any], spec: Spec) -> tuple[list[CarriedCheck], list[str]]:
+    """The legacy table's CHECK constraints carried to the split table that holds all their columns, and the
+    names of those that cannot be (columns across tables, or in the meta table): `plan` lists them."""
+    homes = {spec.base.table: {spec.pk, *spec.base.columns}, **{v.table: set(v.columns) for v in spec.variants}}
+    carried, left = [], []
+    for name, definition, validated, columns in conn.execute(_LEGACY_CHECKS, [as_text(names.source(spec))]):
+        table = next((t for t, cols in homes.items() if set(columns) <= cols), None)
+        if table is None:
+            left.append(name)
+        else:
+            carried.append(CarriedCheck(table, name, definition, validated))
+    return carried, left
+
+
+def _check_exists(spec: Spec, check: CarriedCheck, validated: bool) -> sql.Composed:
+    return render(
+        "check_constraint_exists",
+        table=names.split_regclass(spec, check.table),
+        name=literal(check.name),
+        validated=literal(validated),
+    )
+
+
+def check_actions(spec: Spec, checks: list[CarriedCheck]) -> list[Action]:
+    """expand: each carried CHECK added NOT VALID (no scan, brief lock), so the split side refuses from the start
+    exactly what legacy refuses; the backfill validates it once the rows are in (check_validate_actions)."""
+    return [
+        Action(
+            f"carry the legacy CHECK {c.name} to {c.table} (NOT VALID)",
+            # The definition is the catalog's own text of a constraint on the same column names.
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
+                names.split(spec, c.table), ident(c.name), raw(c.definition.removesuffix(" NOT VALID"))
+            ),
+            done_check=_check_exists(spec, c, validated=False),
+        )
+        for c in checks
+    ]
+
+
+def check_validate_actions(spec: Spec, checks: list[CarriedCheck]) -> list[Action]:
+    """backfill: validate each carried CHECK that legacy itself has validated (a scan that lets writes on)."""
+    return [
+        Action(
+            f"validate the carried CHECK {c.name} on {c.table}",
+            sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(names.split(spec, c.table), ident(c.name)),
+            done_check=_check_exists(spec, c, validated=True),
+            statement_timeout=0,
+        )
+        for c in checks
+        if c.validated
+    ]

@@ -34,26 +34,38 @@ class ReferenceFK:
     old_name: str
     new_name: str
     on_delete: str
+    # The FK to `target` is in the catalog (False: the names are the ones the spec implies).
+    exists: bool = False
+
+
+def _find_fk(conn: psycopg.Connection[Any], table: sql.Identifier, target: sql.Identifier, column: str) -> Any:
+    """(name, confdeltype, confupdtype) of `table`.`column`'s FK to `target`, or None."""
+    return conn.execute(
+        load("find_reference_fks"), {"table": as_text(table), "target": as_text(target), "column": column}
+    ).fetchone()
 
 
 def references(spec: Spec, conn: psycopg.Connection[Any] | None, target: Target) -> list[ReferenceFK]:
-    """The spec's referencing FKs as they are now (pointing at `target`: 'legacy' or 'base')."""
+    """The spec's referencing FKs as they are now (pointing at `target`: 'legacy' or 'base').
+
+    The new name is that of an FK the column already has to the other table (a re-pointing interrupted after its
+    first step, or an FK never dropped), so re-running finishes that one instead of adding a second."""
+    base, legacy = names.split(spec, spec.base.table), names.source(spec)
+    target_rel, other_rel = (legacy, base) if target == "legacy" else (base, legacy)
     out = []
     for ref in spec.references:
         table = ident(ref.schema_, ref.table)
         legacy_name = object_name(ref.table, ref.column, suffix="fkey")
         split_name = object_name(ref.table, ref.column, suffix="split_fkey")
-        old, on_delete = (legacy_name if target == "legacy" else split_name), "NO ACTION"
-        if conn is not None:
-            target_rel = names.source(spec) if target == "legacy" else names.split(spec, spec.base.table)
-            row = conn.execute(
-                load("find_reference_fks"),
-                {"table": as_text(table), "target": as_text(target_rel), "column": ref.column},
-            ).fetchone()
-            if row is not None:
-                old, on_delete = row[0], FK_ACTIONS.get(row[1], "NO ACTION")
+        old, on_delete, exists = (legacy_name if target == "legacy" else split_name), "NO ACTION", False
         new = split_name if target == "legacy" else legacy_name
-        out.append(ReferenceFK(table, f"{ref.schema_}.{ref.table}", ref.column, old, new, on_delete))
+        if conn is not None:
+            row = _find_fk(conn, table, target_rel, ref.column)
+            if row is not None:
+                old, on_delete, exists = row[0], FK_ACTIONS.get(row[1], "NO ACTION"), True
+            other = _find_fk(conn, table, other_rel, ref.column)
+            new = other[0] if other is not None else new
+        out.append(ReferenceFK(table, f"{ref.schema_}.{ref.table}", ref.column, old, new, on_delete, exists))
     return out
 
 
@@ -88,11 +100,15 @@ def repoint(fk: ReferenceFK, to: sql.Identifier, to_column: str) -> list[Action]
     ]
 
 
-def repoint_actions(spec: Spec, conn: psycopg.Connection[Any] | None, current: Target) -> list[Action]:
+def repoint_actions(
+    spec: Spec, conn: psycopg.Connection[Any] | None, current: Target, *, only_existing: bool = False
+) -> list[Action]:
     """Every referencing FK moved away from `current`: from the legacy table to the base table (contract), or
-    from the base table back to the legacy table (its rollback)."""
+    from the base table back to the legacy table (its rollback). `only_existing`: only the FKs the catalog has
+    pointing at `current` (undoing an interrupted contract moves back exactly the ones it had moved)."""
     to = names.split(spec, spec.base.table) if current == "legacy" else names.source(spec)
-    return [action for fk in references(spec, conn, current) for action in repoint(fk, to, spec.pk)]
+    fks = [fk for fk in references(spec, conn, current) if fk.exists or not only_existing]
+    return [action for fk in fks for action in repoint(fk, to, spec.pk)]
 
 
 def dangling_references_sql(spec: Spec, fk: ReferenceFK) -> sql.Composed:
@@ -134,6 +150,15 @@ def view_defaults(conn: psycopg.Connection[Any], spec: Spec) -> list[sql.Composa
         for column, expr in rows
         if expr
     ]
+
+
+def restore_done_check(spec: Spec) -> sql.Composed:
+    """True once the restore committed: the legacy name is a table again and the archive name is free (the restore
+    is one transaction, so its view, rename and triggers are all there or none is)."""
+    return sql.SQL(
+        "SELECT to_regclass({archive}) IS NULL AND EXISTS (SELECT FROM pg_catalog.pg_class "
+        "WHERE oid = to_regclass({legacy}) AND relkind IN ('r', 'p'))"
+    ).format(archive=literal(as_text(names.archive(spec))), legacy=literal(as_text(names.source(spec))))
 
 
 def restore_statements(spec: Spec) -> list[sql.Composable]:

@@ -364,6 +364,13 @@ def _counted_tables(spec: Spec) -> list[tuple[str, sql.Identifier]]:
 def reverse_actions(spec: Spec) -> list[Action]:
     """Functions first, then every reverse trigger and the two write counters in one short transaction."""
     acts = [*_counter_actions(spec, "legacy"), *_counter_actions(spec, "split")]
+    truncate_body = render("reverse_truncate_trigger", from_legacy=rules.origin_is("legacy"), legacy=names.source(spec))
+    acts.append(
+        Action(
+            f"create reverse truncate function ({spec.base.table} emptied -> {spec.source.table} emptied)",
+            plpgsql_function(function_name(spec, "reverse_truncate"), truncate_body),
+        )
+    )
     attach: list[sql.Composable] = []
     for table, kind, body in reverse_tables(spec):
         acts.append(
@@ -382,6 +389,9 @@ def reverse_actions(spec: Spec) -> list[Action]:
                 function_name(spec, kind),
             )
         )
+    truncate = "reverse_truncate"
+    base = names.split(spec, spec.base.table)
+    attach.append(create_trigger(spec, truncate, "AFTER TRUNCATE", base, "STATEMENT", function_name(spec, truncate)))
     for side, counted in _counted_tables(spec):
         counter = f"{side}_writes"
         events = "AFTER INSERT OR UPDATE OR DELETE"
@@ -402,6 +412,11 @@ def drop_reverse_actions(spec: Spec) -> list[Action]:
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(trigger_name(spec, kind), names.split(spec, table))
         for table, kind, _ in reverse_tables(spec)
     ]
+    drops.append(
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+            trigger_name(spec, "reverse_truncate"), names.split(spec, spec.base.table)
+        )
+    )
     drops += [
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(trigger_name(spec, f"{side}_writes"), table)
         for side, table in _counted_tables(spec)

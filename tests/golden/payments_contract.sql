@@ -10,6 +10,7 @@ DROP TRIGGER IF EXISTS "migrator_payments_split_reverse_base" ON "billing_v2"."p
 DROP TRIGGER IF EXISTS "migrator_payments_split_reverse_v0" ON "billing_v2"."card_payments";
 DROP TRIGGER IF EXISTS "migrator_payments_split_reverse_v1" ON "billing_v2"."bank_transfers";
 DROP TRIGGER IF EXISTS "migrator_payments_split_reverse_meta" ON "billing_v2"."payment_attributes";
+DROP TRIGGER IF EXISTS "migrator_payments_split_reverse_truncate" ON "billing_v2"."payments";
 DROP TRIGGER IF EXISTS "migrator_payments_split_legacy_writes" ON "billing"."legacy_payments";
 DROP TRIGGER IF EXISTS "migrator_payments_split_split_writes" ON "billing_v2"."payments";
 DROP TRIGGER IF EXISTS "migrator_payments_split_split_writes" ON "billing_v2"."card_payments";

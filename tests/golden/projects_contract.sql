@@ -54,6 +54,7 @@ DROP TRIGGER IF EXISTS "migrator_core_project_split_reverse_base" ON "public"."p
 DROP TRIGGER IF EXISTS "migrator_core_project_split_reverse_v0" ON "public"."school_projects";
 DROP TRIGGER IF EXISTS "migrator_core_project_split_reverse_v1" ON "public"."self_study_projects";
 DROP TRIGGER IF EXISTS "migrator_core_project_split_reverse_meta" ON "public"."project_meta";
+DROP TRIGGER IF EXISTS "migrator_core_project_split_reverse_truncate" ON "public"."projects";
 DROP TRIGGER IF EXISTS "migrator_core_project_split_legacy_writes" ON "public"."core_project";
 DROP TRIGGER IF EXISTS "migrator_core_project_split_split_writes" ON "public"."projects";
 DROP TRIGGER IF EXISTS "migrator_core_project_split_split_writes" ON "public"."school_projects";

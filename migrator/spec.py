@@ -22,8 +22,20 @@ BUILTIN_SPECS = ("projects",)
 
 # A column type is emitted into DDL verbatim (types cannot be quoted as identifiers), so it must match a strict
 # grammar: words, an optional (n) or (n,m) modifier, an optional [] — nothing that could end a statement.
-_TYPE_WORD = r"[a-z_][a-z0-9_]*(\(\s*\d+\s*(,\s*\d+\s*)?\))?"
-TYPE_RE = re.compile(rf"^{_TYPE_WORD}( {_TYPE_WORD})*(\[\])?$", re.IGNORECASE)
+# A type name is written into DDL as it stands, so it must be a type name and nothing more: one name (optionally
+# schema-qualified, optionally quoted), PostgreSQL's own multi-word names, a type modifier, array brackets. Words
+# that would turn it into a column definition (default, references, primary key, generated, collate …) cannot match.
+_IDENT = r'(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")+")'
+_TYPMOD = r"(?:\(\s*\d+\s*(?:,\s*\d+\s*)?\))"
+_MULTI_WORD = r"(?:double precision|character varying|bit varying|national character varying|national character)"
+_TIME = rf"(?:timestamp|time){_TYPMOD}?(?: with(?:out)? time zone)?"
+_INTERVAL = (
+    r"interval(?: (?:year|month|day|hour|minute)(?: to (?:month|hour|minute|second))?| second)?(?:\(\s*\d+\s*\))?"
+)
+TYPE_RE = re.compile(
+    rf"^(?:{_TIME}|{_INTERVAL}|{_MULTI_WORD}{_TYPMOD}?|{_IDENT}(?:\.{_IDENT})?{_TYPMOD}?)(?:\[\d*\])*$",
+    re.IGNORECASE,
+)
 PG_MAX_IDENT_BYTES = 63
 
 Scalar = str | int | float | bool
@@ -64,7 +76,8 @@ class ColumnSpec(_Model):
         v = " ".join(v.split())
         if not TYPE_RE.match(v):
             raise ValueError(
-                f"{v!r} is not a plain type name; write e.g. 'text', 'varchar(50)', 'numeric(10,2)', 'uuid[]'"
+                f"{v!r} is not a type name; write e.g. 'text', 'varchar(50)', 'numeric(10,2)', 'uuid[]', "
+                "'shop.order_kind' (constraints and defaults come from the legacy table, not the spec)"
             )
         return v
 

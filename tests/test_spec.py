@@ -89,6 +89,33 @@ def test_bad_type_cannot_inject() -> None:
     assert "base.columns.start_date.type" in _error(data)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "text default current_user",
+        "bigint references auth_user (id)",
+        "text primary key",
+        "bigint generated always as identity",
+        'text collate "C"',
+    ],
+)
+def test_type_with_constraint_words_is_refused(bad: str) -> None:
+    """A type that smuggles in a default, a reference, a key, an identity or a collation is refused by key."""
+    data = _builtin()
+    data["base"]["columns"]["start_date"] = bad
+    assert "base.columns.start_date.type" in _error(data)
+
+
+@pytest.mark.parametrize(
+    "good", ["shop.order_kind", '"Order Kind"[]', "timestamp(3) with time zone", "double precision"]
+)
+def test_qualified_quoted_and_multi_word_types_are_accepted(good: str) -> None:
+    """Schema-qualified, quoted and PostgreSQL's multi-word type names pass the spec's grammar."""
+    data = _builtin()
+    data["base"]["columns"]["start_date"] = good
+    assert parse_spec(data, "<test>").base.columns["start_date"].type == good
+
+
 def test_discriminator_must_be_a_base_column() -> None:
     """The discriminator must be one of the base table's columns."""
     data = _builtin()

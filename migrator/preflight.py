@@ -14,6 +14,7 @@ from migrator.errors import GuardFailed, OperationalError, TableDoesNotExist
 from migrator.spec import Spec, split_table_columns
 from migrator.sqlgen import names
 from migrator.sqlgen.compose import as_text, ident, join, load, raw
+from migrator.sqlgen.ddl import legacy_row_security, untranslatable_policies
 
 MIN_SERVER_VERSION = 140000
 
@@ -25,6 +26,7 @@ def check(conn: psycopg.Connection[Any], spec: Spec) -> None:
             f"PostgreSQL {version // 10000} is too old", hint="migrator needs PostgreSQL 14 or newer"
         )
     _legacy_table(conn, spec)
+    _row_security(conn, spec)
     recorded = recorded_tables(conn, spec)
     for table, want in split_table_columns(spec).items():
         have = _columns(conn, names.split(spec, table))
@@ -106,4 +108,15 @@ def _same_types(conn: psycopg.Connection[Any], spec: Spec, table: str, have: dic
             + "; ".join(differ),
             hint=f"drop it (DROP TABLE {spec.target_schema}.{table}; migrator made it) so expand creates it "
             "anew, or make the spec say what it holds",
+        )
+
+
+def _row_security(conn: psycopg.Connection[Any], spec: Spec) -> None:
+    enabled, _, policies = legacy_row_security(conn, spec)
+    refused = untranslatable_policies(spec, policies) if enabled else []
+    if refused:
+        raise GuardFailed(
+            f"{spec.source.table} has row-level security policies over columns that do not all land in "
+            f"{spec.base.table}: {', '.join(refused)} — the split tables could not hide the same rows",
+            hint="rewrite those policies over base columns, or move the columns they use to [base.columns]",
         )

@@ -23,7 +23,14 @@ from migrator.phases.base import Phase, RollbackOptions
 from migrator.spec import Spec
 from migrator.sqlgen import names, triggers
 from migrator.sqlgen.compose import as_text, join, literal, load, render
-from migrator.sqlgen.ddl import check_actions, legacy_checks, resolve_sequence, table_actions
+from migrator.sqlgen.ddl import (
+    check_actions,
+    legacy_checks,
+    legacy_row_security,
+    resolve_sequence,
+    row_security_actions,
+    table_actions,
+)
 
 
 @dataclass(frozen=True)
@@ -106,11 +113,17 @@ class Expand(Phase[Options]):
             state.schema_action(ctx.spec),
             *table_actions(ctx.spec, sequence),
             *(check_actions(ctx.spec, legacy_checks(conn, ctx.spec)[0]) if conn is not None else []),
+            *(self._row_security(ctx.spec, conn) if conn is not None else []),
             _record_action(ctx.spec),
             _empty_stale_action(ctx.spec),
             _new_generation_action(ctx.spec),
             *triggers.forward_actions(ctx.spec),
         ]
+
+    @staticmethod
+    def _row_security(spec: Spec, conn: psycopg.Connection[Any]) -> list[Action]:
+        enabled, forced, policies = legacy_row_security(conn, spec)
+        return row_security_actions(spec, forced, policies) if enabled else []
 
     def apply(self, ctx: Context) -> None:
         with state.transition(ctx.require_db(), ctx.spec, self.name, (self.left,)) as tr:

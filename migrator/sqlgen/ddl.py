@@ -284,3 +284,110 @@ def check_validate_actions(spec: Spec, checks: list[CarriedCheck]) -> list[Actio
         for c in checks
         if c.validated
     ]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A row-security policy of the legacy table, as the catalog renders it."""
+
+    name: str
+    permissive: bool
+    command: str  # ALL | SELECT | INSERT | UPDATE | DELETE
+    roles: tuple[str | None, ...]  # None = PUBLIC
+    using: str | None
+    check: str | None
+    columns: frozenset[str]
+
+
+_COMMANDS = {"*": "ALL", "r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE"}
+
+_LEGACY_RLS = """
+SELECT c.relrowsecurity, c.relforcerowsecurity FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(%s)
+"""
+
+_LEGACY_POLICIES = """
+SELECT p.polname::text, p.polpermissive, p.polcmd::text,
+       ARRAY(SELECT CASE WHEN r = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(r)::text END
+               FROM pg_catalog.unnest(p.polroles) AS r),
+       pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid),
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_depend d
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+              WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND d.objid = p.oid
+                AND d.refobjid = p.polrelid AND d.refobjsubid > 0)
+  FROM pg_catalog.pg_policy p
+ WHERE p.polrelid = pg_catalog.to_regclass(%s)
+ ORDER BY p.polname
+"""
+
+
+def legacy_row_security(conn: psycopg.Connection[Any], spec: Spec) -> tuple[bool, bool, list[Policy]]:
+    """(row security enabled, forced, its policies) on the legacy table."""
+    table = as_text(names.source(spec))
+    row = conn.execute(_LEGACY_RLS, [table]).fetchone()
+    if not row or not row[0]:
+        return False, False, []
+    policies = [
+        Policy(name, permissive, _COMMANDS[cmd], tuple(roles), using, check, frozenset(columns))
+        for name, permissive, cmd, roles, using, check, columns in conn.execute(_LEGACY_POLICIES, [table])
+    ]
+    return True, bool(row[1]), policies
+
+
+def untranslatable_policies(spec: Spec, policies: list[Policy]) -> list[str]:
+    """Policies whose expressions use columns that do not all land in the base table (they cannot be carried)."""
+    base = {spec.pk, *spec.base.columns}
+    return [p.name for p in policies if not p.columns <= base]
+
+
+def row_security_actions(spec: Spec, forced: bool, policies: list[Policy]) -> list[Action]:
+    """Carry row security to the split tables before any row reaches them: the base table gets each legacy policy
+    (its expressions use base columns only: preflight refused the others); every child and the meta table get one
+    policy that shows a row exactly when its base row is visible, so no reader of the split side sees a row the
+    legacy policies hid."""
+    base = names.split(spec, spec.base.table)
+    statements: list[sql.Composable] = []
+    for table in spec.split_tables():
+        target = names.split(spec, table)
+        statements.append(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(target))
+        if forced:
+            statements.append(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(target))
+    for p in policies:
+        roles = join([raw("PUBLIC") if r is None else ident(r) for r in p.roles])
+        # The expressions are the catalog's own rendering of expressions over the same column names.
+        using = sql.SQL(" USING ({})").format(raw(p.using)) if p.using else raw("")
+        check = sql.SQL(" WITH CHECK ({})").format(raw(p.check)) if p.check else raw("")
+        statements.append(
+            sql.SQL("CREATE POLICY {} ON {} AS {} FOR {} TO {}{}{}").format(
+                ident(p.name),
+                base,
+                raw("PERMISSIVE" if p.permissive else "RESTRICTIVE"),
+                raw(p.command),
+                roles,
+                using,
+                check,
+            )
+        )
+    through_base = sql.SQL("EXISTS (SELECT FROM {} AS b WHERE b.{} = {})")
+    for table in spec.split_tables()[1:]:
+        # Qualified by its table: inside the subquery an unqualified name would resolve to the base's column first.
+        link = sql.SQL("{}.{}").format(names.split(spec, table), ident(spec.base.link_column))
+        visible = through_base.format(base, ident(spec.pk), link)
+        statements.append(
+            sql.SQL("CREATE POLICY {} ON {} FOR ALL TO PUBLIC USING ({}) WITH CHECK ({})").format(
+                ident(object_name("migrator", table, suffix="visible_base")),
+                names.split(spec, table),
+                visible,
+                visible,
+            )
+        )
+    exists = sql.SQL(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass({}) AND relrowsecurity)"
+    ).format(literal(as_text(base)))
+    return [
+        Action(
+            "carry row-level security to the split tables (the legacy policies on the base table, the base's "
+            "visibility on the others)",
+            join(statements, ";\n"),
+            done_check=exists,
+        )
+    ]

@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, int]] = [
     ("migrator.flags", 3),
     ("migrator.status", 3),
     ("migrator.snapshots", 3),
+    ("migrator.doctor", 3),
     ("migrator.preflight", 3),
     ("migrator.verify", 4),
     ("migrator.copy", 4),

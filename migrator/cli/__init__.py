@@ -4,6 +4,7 @@ app.py holds the group, the global options and the error handler; the commands l
 tool_commands.py (importing them registers them on the group).
 """
 
+from migrator.cli import doctor_command as doctor_command  # importing it registers `migrator doctor`
 from migrator.cli import phase_commands, tool_commands
 from migrator.cli.app import cli, main
 

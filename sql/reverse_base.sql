@@ -12,11 +12,14 @@ BEGIN
         -- The split row keeps the key the legacy sequence gave it: an identity key GENERATED ALWAYS must take it.
         INSERT INTO {legacy} AS t ({all_cols}) OVERRIDING SYSTEM VALUE VALUES ({new_vals})
         ON CONFLICT ({pk}) DO UPDATE SET ({cols}) = ROW({excluded});
-    ELSIF TG_OP = 'UPDATE' THEN
+    ELSIF TG_OP = 'UPDATE' AND NEW.{pk} IS DISTINCT FROM OLD.{pk} THEN
         UPDATE {legacy} SET ({all_cols}) = ROW({new_vals}) WHERE {pk} = OLD.{pk};
+    ELSIF TG_OP = 'UPDATE' THEN
+        -- The key itself is not written when it did not change: an identity key GENERATED ALWAYS refuses even that.
+        UPDATE {legacy} SET ({cols}) = ROW({new_cols}) WHERE {pk} = OLD.{pk};
     ELSE
         DELETE FROM {legacy} WHERE {pk} = OLD.{pk};
-    END IF;
+    END IF;{write_back}
     PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
     RETURN NULL;
 END

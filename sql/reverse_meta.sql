@@ -13,7 +13,7 @@ BEGIN
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         {assign}
-    END IF;
+    END IF;{write_back}
     PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
     RETURN NULL;
 END

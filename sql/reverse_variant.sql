@@ -12,7 +12,7 @@ BEGIN
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         UPDATE {legacy} SET ({cols}) = ROW({new_vals}) WHERE {pk} = NEW.{link};
-    END IF;
+    END IF;{write_back}
     PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
     RETURN NULL;
 END

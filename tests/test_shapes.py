@@ -221,3 +221,39 @@ def test_row_security_is_carried_to_the_split_tables(orders: tuple[Database, Spe
         with db.connect(autocommit=True) as c:
             c.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             c.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_the_applications_own_triggers_keep_legacy_equal_to_split(orders: tuple[Database, Spec]) -> None:
+    """The legacy table's own BEFORE triggers (one fills a missing value, one stamps a time on update) fire on the
+    reverse sync's writes too; their effect is written back to the split row, so the sides agree after each write."""
+    db, spec = orders
+    with db.connect(autocommit=True) as c:
+        c.execute(
+            "CREATE FUNCTION shop.fill_wrap() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.kind = 'gift' AND NEW.wrap IS NULL THEN NEW.wrap := 'standard'; END IF; RETURN NEW; END $$"
+        )
+        c.execute(
+            "CREATE FUNCTION shop.stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "NEW.placed_at := pg_catalog.clock_timestamp(); RETURN NEW; END $$"
+        )
+        c.execute(
+            "CREATE TRIGGER fill_wrap BEFORE INSERT OR UPDATE ON shop.orders "
+            "FOR EACH ROW EXECUTE FUNCTION shop.fill_wrap()"
+        )
+        c.execute("CREATE TRIGGER stamp BEFORE UPDATE ON shop.orders FOR EACH ROW EXECUTE FUNCTION shop.stamp()")
+    ctx = Context(spec, db)
+    _to_write_new(ctx)
+    with psycopg.connect(db.dsn, autocommit=True) as app:
+        app.execute("UPDATE shop.order_base SET kind = kind WHERE id <= 20")  # stamped on the legacy side
+        with app.transaction():
+            row = app.execute("INSERT INTO shop.order_base (kind) VALUES ('gift') RETURNING id").fetchone()
+            assert row is not None
+            app.execute("INSERT INTO shop.gift_orders (order_id, wrap) VALUES (%s, 'bow')", [row[0]])
+            app.execute("UPDATE shop.gift_orders SET wrap = 'ribbon' WHERE order_id = %s", [row[0]])
+    with db.connect(autocommit=True) as c:
+        assert guards.diff(c, spec) == []
+        stamped = c.execute(
+            "SELECT count(*) FROM shop.orders o JOIN shop.order_base b USING (id) "
+            "WHERE o.id <= 20 AND o.placed_at = b.placed_at AND o.placed_at > now() - interval '1 minute'"
+        ).fetchone()
+        assert stamped == (20,)

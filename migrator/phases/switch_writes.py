@@ -19,6 +19,7 @@ from migrator.engine.actions import Action, run_actions
 from migrator.engine.context import Context, Report
 from migrator.phases.base import Phase, RollbackOptions
 from migrator.sqlgen import names, triggers
+from migrator.sqlgen.ddl import legacy_before_triggers
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,10 @@ class SwitchWrites(Phase[Options]):
     options_type = Options
 
     def plan(self, ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Action]:
-        return triggers.reverse_actions(ctx.spec)
+        # The legacy table's own BEFORE row triggers fire on the reverse sync's writes too; where it has any, each
+        # reverse function writes their effect back to the split row (known from the catalog, so not offline).
+        write_back = conn is not None and bool(legacy_before_triggers(conn, ctx.spec))
+        return triggers.reverse_actions(ctx.spec, write_back=write_back)
 
     def apply(self, ctx: Context) -> None:
         """Guard: legacy equals split right before. Then reverse sync on, then the flag."""
@@ -39,7 +43,7 @@ class SwitchWrites(Phase[Options]):
         with state.transition(db, ctx.spec, self.name, (self.left,)) as tr:
             guards.require_in_sync(db, ctx.spec, self.name)
             guards.require_no_open_quarantine(tr.conn, ctx.spec, self.name)
-            run_actions(tr.conn, self.plan(ctx), on_step=ctx.announce(), lock_timeout=ctx.lock_timeout)
+            run_actions(tr.conn, self.plan(ctx, tr.conn), on_step=ctx.announce(), lock_timeout=ctx.lock_timeout)
             with tr.conn.transaction():
                 guards.mark_legacy_writes(tr.conn, ctx.spec)  # the quiet period starts now
             tr.finish(self.entered, reason=ctx.reason, flags={"read_percent": 100})

@@ -391,3 +391,17 @@ def row_security_actions(spec: Spec, forced: bool, policies: list[Policy]) -> li
             done_check=exists,
         )
     ]
+
+
+_BEFORE_ROW_TRIGGERS = """
+SELECT t.tgname::text FROM pg_catalog.pg_trigger t
+ WHERE t.tgrelid = pg_catalog.to_regclass(%s) AND NOT t.tgisinternal
+   AND (t.tgtype & 3) = 3 AND (t.tgtype & 20) <> 0
+ ORDER BY 1
+"""
+
+
+def legacy_before_triggers(conn: psycopg.Connection[Any], spec: Spec) -> list[str]:
+    """The legacy table's own BEFORE INSERT/UPDATE row triggers (bits of tgtype: 1 row, 2 before, 4 insert,
+    16 update): they may change a row the reverse sync writes, which must then be written back to the split row."""
+    return [r[0] for r in conn.execute(_BEFORE_ROW_TRIGGERS, [as_text(names.source(spec))])]

@@ -263,26 +263,55 @@ def drop_forward_actions(spec: Spec) -> list[Action]:
 # -- reverse sync (split -> legacy), on from switch-writes until contract ------------------------------------
 
 
-def _reverse_base(spec: Spec) -> sql.Composed:
+def _write_back(spec: Spec, when: str, row_key: str) -> sql.Composed:
+    """After a reverse write to legacy row `row_key`: the split rows take back what legacy's own triggers changed
+    (the base row and the child row of each variant that has one; meta values are not written back)."""
+    targets = [(spec.base.table, spec.pk, spec.base.columns)]
+    targets += [(v.table, spec.base.link_column, v.columns) for v in spec.variants if v.columns]
+    updates = [
+        render(
+            "reverse_write_back_table",
+            split=names.split(spec, table),
+            legacy=names.source(spec),
+            pk=ident(spec.pk),
+            key=ident(key),
+            row_key=raw(row_key),
+            cols=join([ident(c) for c in columns]),
+            legacy_vals=join([rules.filled(rules.column("l", c), cs) for c, cs in columns.items()]),
+            split_vals=join([rules.column("s", c) for c in columns]),
+        )
+        for table, key, columns in targets
+    ]
+    return render("reverse_write_back", when=raw(when), updates=join(updates, "\n        "))
+
+
+def _reverse_base(spec: Spec, write_back: bool = False) -> sql.Composed:
     pk = spec.pk
     cols = list(spec.base.columns)
     return render(
         "reverse_base",
+        write_back=_write_back(spec, "TG_OP IN ('INSERT', 'UPDATE')", "NEW." + as_text(ident(pk)))
+        if write_back
+        else raw(""),
         from_legacy=rules.origin_is("legacy"),
         legacy=names.source(spec),
         pk=ident(pk),
         all_cols=join([ident(c) for c in [pk, *cols]]),
         new_vals=join([_new(c, "NEW") for c in [pk, *cols]]),
+        new_cols=join([_new(c, "NEW") for c in cols]),
         cols=join([ident(c) for c in cols]),
         excluded=join([sql.Composed([raw("EXCLUDED."), ident(c)]) for c in cols]),
     )
 
 
-def _reverse_variant(spec: Spec, i: int) -> sql.Composed:
+def _reverse_variant(spec: Spec, i: int, write_back: bool = False) -> sql.Composed:
     v = spec.variants[i]
     cols = list(v.columns)
+    link = "coalesce(NEW.{0}, OLD.{0})".format(as_text(ident(spec.base.link_column)))
+    back = _write_back(spec, "true", link) if write_back else raw("")
     return render(
         "reverse_variant",
+        write_back=back,
         from_legacy=rules.origin_is("legacy"),
         legacy=names.source(spec),
         pk=ident(spec.pk),
@@ -293,7 +322,7 @@ def _reverse_variant(spec: Spec, i: int) -> sql.Composed:
     )
 
 
-def _reverse_meta(spec: Spec) -> sql.Composed:
+def _reverse_meta(spec: Spec, write_back: bool = False) -> sql.Composed:
     assert spec.meta is not None
     m = spec.meta
     key, link, value = ident(m.key_column), ident(spec.base.link_column), ident(m.value_column)
@@ -314,20 +343,23 @@ def _reverse_meta(spec: Spec) -> sql.Composed:
         )
         for c, cs in m.columns.items()
     ]
+    row_key = "coalesce(NEW.{0}, OLD.{0})".format(as_text(ident(spec.base.link_column)))
     return render(
         "reverse_meta",
+        write_back=_write_back(spec, "true", row_key) if write_back else raw(""),
         from_legacy=rules.origin_is("legacy"),
         clear=sql.SQL("CASE OLD.{} {} ELSE NULL; END CASE;").format(key, join(clears, " ")),
         assign=sql.SQL("CASE NEW.{} {} ELSE NULL; END CASE;").format(key, join(assigns, " ")),
     )
 
 
-def reverse_tables(spec: Spec) -> list[tuple[str, str, sql.Composed]]:
-    """(split table, function kind, function body) for each split table."""
-    out = [(spec.base.table, "reverse_base", _reverse_base(spec))]
-    out += [(v.table, f"reverse_v{i}", _reverse_variant(spec, i)) for i, v in enumerate(spec.variants)]
+def reverse_tables(spec: Spec, write_back: bool = False) -> list[tuple[str, str, sql.Composed]]:
+    """(split table, function kind, function body) for each split table; with `write_back`, the base and variant
+    functions carry back to the split row what legacy's own BEFORE triggers changed."""
+    out = [(spec.base.table, "reverse_base", _reverse_base(spec, write_back))]
+    out += [(v.table, f"reverse_v{i}", _reverse_variant(spec, i, write_back)) for i, v in enumerate(spec.variants)]
     if spec.meta:
-        out.append((spec.meta.table, "reverse_meta", _reverse_meta(spec)))
+        out.append((spec.meta.table, "reverse_meta", _reverse_meta(spec, write_back)))
     return out
 
 
@@ -361,8 +393,9 @@ def _counted_tables(spec: Spec) -> list[tuple[str, sql.Identifier]]:
     return [("legacy", names.source(spec)), *(("split", names.split(spec, t)) for t in spec.split_tables())]
 
 
-def reverse_actions(spec: Spec) -> list[Action]:
-    """Functions first, then every reverse trigger and the two write counters in one short transaction."""
+def reverse_actions(spec: Spec, write_back: bool = False) -> list[Action]:
+    """Functions first, then every reverse trigger and the two write counters in one short transaction (with
+    `write_back` when the legacy table has BEFORE row triggers of its own)."""
     acts = [*_counter_actions(spec, "legacy"), *_counter_actions(spec, "split")]
     truncate_body = render("reverse_truncate_trigger", from_legacy=rules.origin_is("legacy"), legacy=names.source(spec))
     acts.append(
@@ -372,7 +405,7 @@ def reverse_actions(spec: Spec) -> list[Action]:
         )
     )
     attach: list[sql.Composable] = []
-    for table, kind, body in reverse_tables(spec):
+    for table, kind, body in reverse_tables(spec, write_back):
         acts.append(
             Action(
                 f"create reverse sync function for {table} (split -> legacy)",

@@ -94,8 +94,11 @@ BEGIN
         -- The split row keeps the key the legacy sequence gave it: an identity key GENERATED ALWAYS must take it.
         INSERT INTO "billing"."legacy_payments" AS t ("payment_uuid", "method", "amount", "currency", "paid_at") OVERRIDING SYSTEM VALUE VALUES (NEW."payment_uuid", NEW."method", NEW."amount", NEW."currency", NEW."paid_at")
         ON CONFLICT ("payment_uuid") DO UPDATE SET ("method", "amount", "currency", "paid_at") = ROW(EXCLUDED."method", EXCLUDED."amount", EXCLUDED."currency", EXCLUDED."paid_at");
-    ELSIF TG_OP = 'UPDATE' THEN
+    ELSIF TG_OP = 'UPDATE' AND NEW."payment_uuid" IS DISTINCT FROM OLD."payment_uuid" THEN
         UPDATE "billing"."legacy_payments" SET ("payment_uuid", "method", "amount", "currency", "paid_at") = ROW(NEW."payment_uuid", NEW."method", NEW."amount", NEW."currency", NEW."paid_at") WHERE "payment_uuid" = OLD."payment_uuid";
+    ELSIF TG_OP = 'UPDATE' THEN
+        -- The key itself is not written when it did not change: an identity key GENERATED ALWAYS refuses even that.
+        UPDATE "billing"."legacy_payments" SET ("method", "amount", "currency", "paid_at") = ROW(NEW."method", NEW."amount", NEW."currency", NEW."paid_at") WHERE "payment_uuid" = OLD."payment_uuid";
     ELSE
         DELETE FROM "billing"."legacy_payments" WHERE "payment_uuid" = OLD."payment_uuid";
     END IF;

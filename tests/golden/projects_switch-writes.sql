@@ -94,8 +94,11 @@ BEGIN
         -- The split row keeps the key the legacy sequence gave it: an identity key GENERATED ALWAYS must take it.
         INSERT INTO "public"."core_project" AS t ("id", "name", "project_type", "owner_id", "start_date", "end_date", "is_draft", "created_at", "updated_at") OVERRIDING SYSTEM VALUE VALUES (NEW."id", NEW."name", NEW."project_type", NEW."owner_id", NEW."start_date", NEW."end_date", NEW."is_draft", NEW."created_at", NEW."updated_at")
         ON CONFLICT ("id") DO UPDATE SET ("name", "project_type", "owner_id", "start_date", "end_date", "is_draft", "created_at", "updated_at") = ROW(EXCLUDED."name", EXCLUDED."project_type", EXCLUDED."owner_id", EXCLUDED."start_date", EXCLUDED."end_date", EXCLUDED."is_draft", EXCLUDED."created_at", EXCLUDED."updated_at");
-    ELSIF TG_OP = 'UPDATE' THEN
+    ELSIF TG_OP = 'UPDATE' AND NEW."id" IS DISTINCT FROM OLD."id" THEN
         UPDATE "public"."core_project" SET ("id", "name", "project_type", "owner_id", "start_date", "end_date", "is_draft", "created_at", "updated_at") = ROW(NEW."id", NEW."name", NEW."project_type", NEW."owner_id", NEW."start_date", NEW."end_date", NEW."is_draft", NEW."created_at", NEW."updated_at") WHERE "id" = OLD."id";
+    ELSIF TG_OP = 'UPDATE' THEN
+        -- The key itself is not written when it did not change: an identity key GENERATED ALWAYS refuses even that.
+        UPDATE "public"."core_project" SET ("name", "project_type", "owner_id", "start_date", "end_date", "is_draft", "created_at", "updated_at") = ROW(NEW."name", NEW."project_type", NEW."owner_id", NEW."start_date", NEW."end_date", NEW."is_draft", NEW."created_at", NEW."updated_at") WHERE "id" = OLD."id";
     ELSE
         DELETE FROM "public"."core_project" WHERE "id" = OLD."id";
     END IF;

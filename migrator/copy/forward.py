@@ -34,6 +34,7 @@ from migrator.db import Database, scalar
 from migrator.engine import retry
 from migrator.engine.chunking import ChunkSizer, RateLimiter
 from migrator.engine.context import Report
+from migrator.engine.health import Health, Limits
 from migrator.engine.session import set_local
 from migrator.spec import Spec
 from migrator.sqlgen import names
@@ -75,6 +76,7 @@ class Options:
     lock_timeout: float = CHUNK_LOCK_TIMEOUT
     join: bool = False
     lease: float = LEASE_SECONDS
+    health: Limits = field(default_factory=Limits)
 
 
 def may_skip_fk_triggers(conn: psycopg.Connection[Any]) -> bool:
@@ -190,6 +192,8 @@ class Shared:
     lock: threading.Lock = field(default_factory=threading.Lock)
     rows: int = 0
     errors: list[BaseException] = field(default_factory=list)
+    # The health signals the workers wait on between chunks (None: not checked, as in tests of the copy alone).
+    health: Health | None = None
 
 
 class Worker:
@@ -257,6 +261,9 @@ class Worker:
     def _copy_range(self, conn: psycopg.Connection[Any], range_no: int, cursor: str | None, hi: str) -> None:
         while not self.shared.stop.is_set():
             self._wait_for_throttle(conn)
+            if self.shared.health is not None:
+                # Between chunks the worker holds no lock: waiting here costs the application nothing.
+                self.shared.health.wait_until_green(conn, self.shared.stop)
             result = self._chunk_with_retry(conn, range_no, cursor, hi)
             self.copied += result.rows
             with self.shared.lock:

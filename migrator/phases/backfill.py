@@ -21,9 +21,12 @@ from migrator.copy.forward import CAREFUL_CHUNKS, CHUNK_LOCK_TIMEOUT, Options
 from migrator.engine import retry
 from migrator.engine.actions import Action, run_actions
 from migrator.engine.context import Context, Report
+from migrator.engine.health import Health, Limits
 from migrator.errors import GuardFailed
 from migrator.phases.base import Phase, RollbackOptions
 from migrator.spec import Spec
+from migrator.sqlgen import names
+from migrator.sqlgen.compose import as_text
 from migrator.sqlgen.ddl import check_validate_actions, index_actions, legacy_checks
 
 __all__ = ["Backfill", "Options"]
@@ -111,7 +114,7 @@ class Backfill(Phase[Options]):
                 on_session(lambda c: c.execute("SELECT 1"))
 
             t0 = time.monotonic()
-            shared = _shared(ctx, total, done)
+            shared = _shared(ctx, total, done, self.options.health)
             while True:
                 forward.run_workers(db, spec, opts, shared, keepalive=keepalive)
                 _, ranges_done, ranges = on_session(lambda c: forward.progress_totals(c, spec))
@@ -145,7 +148,7 @@ class Backfill(Phase[Options]):
             if not ranges:
                 raise GuardFailed("no backfill is running to join", hint="start one with `migrator backfill`")
             total = max(forward.legacy_estimate(conn, spec), done)
-        forward.run_workers(db, spec, self.options, _shared(ctx, total, done))
+        forward.run_workers(db, spec, self.options, _shared(ctx, total, done, self.options.health))
 
     def verify(self, ctx: Context) -> Report:
         """Every legacy row is in the base table or in quarantine; foreign keys hold; the indexes are built."""
@@ -169,8 +172,9 @@ class Backfill(Phase[Options]):
             tr.finish(self.left, reason=ctx.reason)
 
 
-def _shared(ctx: Context, total: int, done: int) -> forward.Shared:
-    """The workers' view of the reporter: progress counted from the rows a resumed backfill had already copied."""
+def _shared(ctx: Context, total: int, done: int, limits: Limits) -> forward.Shared:
+    """The workers' view of the reporter (progress counted from the rows a resumed backfill had already copied) and
+    of the database's health, which they wait on between chunks."""
     lock = threading.Lock()
 
     def on_chunk(fields: dict[str, Any]) -> None:
@@ -181,4 +185,6 @@ def _shared(ctx: Context, total: int, done: int) -> forward.Shared:
         with lock:
             ctx.reporter.step(message)
 
-    return forward.Shared(on_chunk=on_chunk, on_step=on_step)
+    tables = [as_text(names.source(ctx.spec)), *(as_text(names.split(ctx.spec, t)) for t in ctx.spec.split_tables())]
+    health = Health(tables, limits, on_change=on_step)
+    return forward.Shared(on_chunk=on_chunk, on_step=on_step, health=health)

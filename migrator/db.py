@@ -2,6 +2,10 @@
 
 Phases work on psycopg connections handed out by the engine's pool: psycopg's `sql` module composes every
 identifier, and executing those compositions directly keeps one path from `plan` to `apply`.
+
+Every session the tool opens pins `search_path` to `pg_catalog, pg_temp` (a startup option), so no object a
+user creates in `public` can shadow a built-in function or operator the tool's SQL uses. The commands that take
+the migration's advisory lock need a real session: `require_session` refuses a transaction-pooling pooler.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import getpass
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +28,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import NullPool
 
-from migrator.errors import BadInputError, ConnectionFailed, LockHeld
+from migrator.errors import BadInputError, ConnectionFailed, LockHeld, OperationalError
 
 APPLICATION_NAME = "migrator"
 # While a DDL statement waits for its lock, every application query on that table queues behind it; a short
@@ -32,6 +36,30 @@ APPLICATION_NAME = "migrator"
 DEFAULT_LOCK_TIMEOUT = 0.5
 DEFAULT_STATEMENT_TIMEOUT = 0.0  # 0 = no limit; backfill chunks and validation set their own
 CONNECT_TIMEOUT = 5
+# The tool's sessions resolve unqualified names in pg_catalog (then pg_temp) only: nothing a user may create in
+# `public` (a function, an operator such as `=(varchar, varchar)`) can be picked instead of a built-in.
+SEARCH_PATH = "pg_catalog, pg_temp"
+SEARCH_PATH_OPTION = "-c search_path=pg_catalog,pg_temp"
+# Settings that change the text or JSON form of a value (timestamptz offsets, bytea, intervals, floats), pinned
+# wherever the tool turns a typed value into text or JSON (the meta encoding), so a value crosses the syncs the same
+# whatever session the application wrote it from.
+VALUE_SETTINGS: dict[str, str] = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "bytea_output": "hex",
+    "extra_float_digits": "1",
+}
+# The tool's sessions pin them too (the backfill and the validation encode values as the sync functions do).
+VALUE_SETTINGS_OPTION = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in VALUE_SETTINGS.items())
+POOLER_HINT = (
+    "use a direct or session-pooled DSN: the server's own host and port, or a PgBouncer database with "
+    "pool_mode = session; nothing was changed"
+)
+
+
+class TransactionPooler(OperationalError):
+    """The DSN goes through a transaction- or statement-pooling pooler: no session to hold a lock, SET or LISTEN."""
 
 
 def _to_url(dsn: str) -> URL:
@@ -124,10 +152,18 @@ class Database:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
+            # Options the DSN itself carries (?options=-c%20…) are kept; the search_path pin comes last and wins.
+            given = self.url.query.get("options")
+            given_text = " ".join(given) if isinstance(given, tuple) else (given or "")
+            options = f"{given_text} {SEARCH_PATH_OPTION} {VALUE_SETTINGS_OPTION}".strip()
             self._engine = create_engine(
                 self.url,
                 poolclass=NullPool,  # a CLI run opens few connections; a pool would only hold them past their use
-                connect_args={"application_name": self.application_name, "connect_timeout": CONNECT_TIMEOUT},
+                connect_args={
+                    "application_name": self.application_name,
+                    "connect_timeout": CONNECT_TIMEOUT,
+                    "options": options,
+                },
             )
         return self._engine
 
@@ -142,10 +178,12 @@ class Database:
             fairy = self.engine.raw_connection()
         except (sa_exc.OperationalError, sa_exc.InterfaceError, psycopg.OperationalError) as exc:
             orig = getattr(exc, "orig", None) or exc
-            raise ConnectionFailed(
-                f"cannot connect to {self.display}: {self.scrub(_first_line(str(orig)))}",
-                hint="check --dsn / DATABASE_URL and that the server is running",
-            ) from None
+            reason = _first_line(str(orig))
+            hint = "check --dsn / DATABASE_URL and that the server is running"
+            if "unsupported startup parameter" in reason:
+                # PgBouncer refuses the `options` startup parameter that pins search_path unless told to ignore it.
+                hint = f"a pooler refused the search_path startup option; {POOLER_HINT}"
+            raise ConnectionFailed(f"cannot connect to {self.display}: {self.scrub(reason)}", hint=hint) from None
         conn = fairy.driver_connection
         assert isinstance(conn, psycopg.Connection)
         # Detach from SQLAlchemy's pool wrapper: with NullPool the psycopg connection is ours to close.
@@ -214,9 +252,85 @@ def lock_holder(conn: psycopg.Connection[Any], key: int) -> LockHolder | None:
     return LockHolder(row["pid"], row["app"], row["usr"], row["client"], row["backend_start"])
 
 
+# -- a real session: no transaction pooler ------------------------------------------------------------------
+
+
+def _probe(conn: psycopg.Connection[Any], query: str) -> tuple[Any, ...]:
+    """One statement in its own transaction (so that a transaction pooler may hand the backend on after it)."""
+    row = conn.execute(query).fetchone()
+    if not conn.autocommit:
+        conn.commit()
+    assert row is not None
+    return tuple(row)
+
+
+def sibling_connection(conn: psycopg.Connection[Any], application_name: str) -> psycopg.Connection[Any]:
+    """A second autocommit connection with the same parameters as `conn` (password included)."""
+    params: dict[str, Any] = dict(conn.info.get_parameters())
+    if conn.info.password:
+        params["password"] = conn.info.password
+    params["application_name"] = application_name
+    params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    return psycopg.connect(**params, autocommit=True, prepare_threshold=None)
+
+
+def transaction_pooled(
+    conn: psycopg.Connection[Any],
+    connect_other: Callable[[], psycopg.Connection[Any]],
+    first_pid: int | None = None,
+) -> bool:
+    """Whether `conn` reaches PostgreSQL through a pooler that hands its backend to other clients between
+    transactions (PgBouncer pool_mode = transaction or statement).
+
+    Two signs, either one enough. Another client's connection, opened just after our statement, is served by our
+    backend: a pooler reuses the server connection it has just got back (PgBouncer's default is last in, first
+    out), where a direct or session-pooled connection keeps its backend to itself. Or our next statement is served
+    by another backend. A backend serves one session from start to end, so neither sign can appear without a
+    pooler: no false alarm (a backend is named by its pid and its server's start time, in case the other
+    connection reaches another host of a multi-host DSN). Under heavy load on the same pool both may be missed.
+    `first_pid` is our backend's pid when the caller has just asked for it; `connect_other` opens the probe.
+    """
+    query = "SELECT pg_catalog.pg_backend_pid(), pg_catalog.pg_postmaster_start_time()"
+    ours = _probe(conn, query)
+    if first_pid is not None and ours[0] != first_pid:
+        return True
+    try:
+        with connect_other() as other:
+            theirs: tuple[Any, ...] | None = _probe(other, query)
+    except psycopg.OperationalError:
+        theirs = None  # no second connection (a connection limit): the check below still answers
+    if theirs == ours:
+        return True
+    return _probe(conn, query) != ours
+
+
+def require_session(conn: psycopg.Connection[Any]) -> None:
+    """Refuse a transaction-pooling pooler (TransactionPooler); make sure this session's search_path is pinned.
+
+    An advisory lock, a session SET or a LISTEN on such a connection stays on a server connection that the pooler
+    then gives to other clients: the lock outlives the command, the setting leaks.
+    """
+    pid, search_path = _probe(conn, "SELECT pg_catalog.pg_backend_pid(), pg_catalog.current_setting('search_path')")
+    if transaction_pooled(conn, lambda: sibling_connection(conn, f"{APPLICATION_NAME}-probe"), pid):
+        where = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
+        raise TransactionPooler(
+            f"{where} is a transaction-pooling pooler (PgBouncer pool_mode = transaction?): the server session "
+            "changes between statements, so the migration's lock, SET and LISTEN cannot stay with this command",
+            hint=POOLER_HINT,
+        )
+    if str(search_path).replace(" ", "") != SEARCH_PATH.replace(" ", ""):
+        # A session pooler that drops startup options (PgBouncer ignore_startup_parameters = options): this is a
+        # real session, so a session-level setting stays with it.
+        _probe(conn, f"SELECT pg_catalog.set_config('search_path', '{SEARCH_PATH}', false)")
+
+
 @contextmanager
 def advisory_lock(conn: psycopg.Connection[Any], *parts: str) -> Iterator[None]:
-    """Hold a session advisory lock for the block, or raise LockHeld naming who holds it."""
+    """Hold a session advisory lock for the block, or raise LockHeld naming who holds it.
+
+    The connection must be a real session (require_session): a transaction pooler is refused first.
+    """
+    require_session(conn)
     key = advisory_key(*parts)
     row = conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
     if not conn.autocommit:

@@ -154,7 +154,7 @@ def test_throttle_query_holds_the_backfill(expanded: Database, projects_spec: Sp
     """While the throttle query returns > 0 no chunk runs; when it returns 0 the backfill finishes."""
     conn.execute("CREATE TABLE throttle (v int)")
     conn.execute("INSERT INTO throttle VALUES (1)")
-    phase = Backfill(backfill.Options(throttle_query="SELECT v FROM throttle"))
+    phase = Backfill(backfill.Options(throttle_query="SELECT v FROM public.throttle"))
     t = threading.Thread(target=phase.apply, args=(Context(projects_spec, expanded),))
     t.start()
     time.sleep(1.2)

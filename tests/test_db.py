@@ -59,7 +59,7 @@ def test_retry_policy_retries_lock_timeout_then_gives_up(db: Database, conn: psy
             nonlocal calls
             calls += 1
             with db.connect(autocommit=True) as c, transaction(c, lock_timeout=0.02):
-                c.execute("SELECT * FROM t")
+                c.execute("SELECT * FROM public.t")
 
         with pytest.raises(psycopg.errors.LockNotAvailable):
             retry.run_with_retry(attempt, attempts=3, max_wait=0.05)

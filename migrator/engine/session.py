@@ -18,17 +18,6 @@ import psycopg
 # application transaction as its victim.
 MULTI_TABLE_LOCK_TIMEOUT = 0.1
 
-# Settings that change the text or JSON form of a value (timestamptz offsets, bytea, intervals, floats), pinned
-# wherever the tool turns a typed value into text or JSON (the meta encoding), so a value crosses the syncs the same
-# whatever session the application wrote it from.
-VALUE_SETTINGS: dict[str, str] = {
-    "TimeZone": "UTC",
-    "DateStyle": "ISO, YMD",
-    "IntervalStyle": "postgres",
-    "bytea_output": "hex",
-    "extra_float_digits": "1",
-}
-
 # Settings given in seconds by callers and sent as milliseconds.
 _DURATIONS = frozenset({"lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout"})
 

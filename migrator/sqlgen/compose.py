@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg import sql
 
-from migrator.engine.session import VALUE_SETTINGS
+from migrator.db import VALUE_SETTINGS
 
 # The package directory (migrator/), one level above this module.
 _PKG = Path(__file__).resolve().parent.parent

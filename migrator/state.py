@@ -3,27 +3,34 @@
 Every transition holds the migration's advisory lock (a second operator is refused, told who holds it), checks
 the state it starts from, records an audit row and sends NOTIFY migrator_flags, all in the transaction that
 moves the state, so an application listening never sees a state the audit log does not.
+
+A transition that commits several steps before its state change (contract re-points foreign keys one by one; the
+rollback from contracted restores the table, refills it, re-points them back) records each step in the state row's
+`progress` as the step commits ({"command", "from", "steps", "done"}; NULL when none is in flight), and moves the
+state in its last step's transaction, which clears it. Killed in between, the same command resumes it (each step
+has a done check); a `rollback` from the state it started in first undoes what it did (UNDO_INTERRUPTED).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from migrator import jsonenc
 from migrator.db import Database, advisory_lock, operator_name, table_exists
-from migrator.engine.actions import Action
+from migrator.engine.actions import Action, Conn, run_actions
 from migrator.errors import WrongState
 from migrator.lifecycle import START, STATES, next_command
 from migrator.spec import Spec
-from migrator.sqlgen import names
+from migrator.sqlgen import names, repoint
 from migrator.sqlgen.compose import ident, join, literal, raw, render
 
 NOTIFY_CHANNEL = "migrator_flags"
@@ -105,10 +112,60 @@ def record(
             f"the migration left state {from_state} while `{command}` ran",
             hint="run `migrator status` to see where it is",
         )
+    # The state change ends whatever transition was in flight: its progress goes with it, in this transaction.
+    save_progress(conn, spec, None)
     conn.execute(
         "SELECT pg_notify(%s, %s)",
         [NOTIFY_CHANNEL, jsonenc.dumps({"migration": spec.migration_name, "state": to_state, "from": from_state})],
     )
+
+
+# -- progress of a multi-step transition -----------------------------------------------------------------------
+
+
+def read_progress(conn: Conn, spec: Spec) -> dict[str, Any] | None:
+    """The transition in flight ({"command", "from", "steps", "done"}), or None. Read through to_jsonb, so a state
+    table created before the column existed reads as none in flight."""
+    if not table_exists(conn, spec.state_schema, "state"):
+        return None
+    row = conn.execute(
+        sql.SQL("SELECT to_jsonb(s) -> 'progress' FROM {} AS s WHERE s.migration = %s").format(
+            names.state(spec, "state")
+        ),
+        [spec.migration_name],
+    ).fetchone()
+    progress = row[0] if row else None
+    return progress if isinstance(progress, dict) else None
+
+
+def save_progress(conn: Conn, spec: Spec, progress: dict[str, Any] | None) -> None:
+    """Set (or clear) the transition's progress, in the caller's transaction."""
+    if progress is None and read_progress(conn, spec) is None:
+        return  # nothing in flight (or a state table without the column): no write
+    conn.execute(
+        sql.SQL("UPDATE {} SET progress = %s::jsonb WHERE migration = %s").format(names.state(spec, "state")),
+        [None if progress is None else jsonenc.dumps(progress), spec.migration_name],
+    )
+
+
+def describe_progress(progress: dict[str, Any]) -> str:
+    """One line for `status` and for a refusal: what was interrupted, how far it got, and the way out."""
+    command, done, total = progress.get("command", "?"), int(progress.get("done", 0)), len(progress.get("steps", []))
+    where = f"after step {done} of {total}" if done else f"before the first of {total} steps"
+    if command == "rollback":
+        return (
+            f"rollback from {progress.get('from')} interrupted {where} — run `migrator rollback` to finish it "
+            "(each step it committed is kept; the state moves when the last one commits)"
+        )
+    return f"{command} interrupted {where} — run `migrator {command}` to finish or `migrator rollback`"
+
+
+# What undoes a transition interrupted part-way, by the command that recorded the progress: a `rollback` from the
+# state it started in runs these first. Contract is the only forward transition that commits steps before its
+# state change (its swap commits with the state): the foreign keys it re-pointed at the base table go back.
+UNDO_INTERRUPTED: dict[str, Callable[[Spec, Conn], list[Action]]] = {
+    "contract": lambda spec, conn: repoint.repoint_actions(spec, conn, "base", only_existing=True),
+}
 
 
 @dataclass
@@ -123,6 +180,8 @@ class Transition:
     db: Database | None = None
     # Owns every session this transition opened (and their locks), closed when the transition ends.
     sessions: ExitStack | None = field(default=None, repr=False)
+    # This command's own progress when an earlier run of it was interrupted (the run resumes it), else None.
+    progress: dict[str, Any] | None = None
 
     def reconnect(self) -> None:
         """Continue on a new session after the server dropped ours (a restart, a failover).
@@ -144,6 +203,41 @@ class Transition:
             )
         self.conn = conn
 
+    def recorder(self, steps: Sequence[str], offset: int = 0) -> Callable[[Conn, int], None]:
+        """run_actions' `record`: step offset+i of `steps` is done, written in that step's transaction."""
+
+        def record_step(conn: Conn, i: int) -> None:
+            progress = {"command": self.command, "from": self.start.state, "steps": list(steps), "done": offset + i + 1}
+            save_progress(conn, self.spec, progress)
+
+        return record_step
+
+    def finisher(
+        self,
+        to_state: str,
+        *,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+        before: Callable[[Conn], object] | None = None,
+    ) -> Callable[[Conn], None]:
+        """run_actions' `finish`: move the state (after `before`) in the caller's open transaction."""
+
+        def finish_in(conn: Conn) -> None:
+            if before is not None:
+                before(conn)
+            record(
+                conn,
+                self.spec,
+                from_state=self.start.state,
+                to_state=to_state,
+                command=self.command,
+                reason=reason,
+                duration_ms=int((time.monotonic() - self.started) * 1000),
+                details=details,
+            )
+
+        return finish_in
+
     def finish(
         self,
         to_state: str,
@@ -153,20 +247,10 @@ class Transition:
         flags: dict[str, Any] | None = None,
     ) -> None:
         """Move the state (and flags) in one transaction: a listener never sees one without the other."""
-        ms = int((time.monotonic() - self.started) * 1000)
         with self.conn.transaction():
             if flags:
                 set_flags(self.conn, self.spec, **flags)
-            record(
-                self.conn,
-                self.spec,
-                from_state=self.start.state,
-                to_state=to_state,
-                command=self.command,
-                reason=reason,
-                duration_ms=ms,
-                details=details,
-            )
+            self.finisher(to_state, reason=reason, details=details)(self.conn)
 
 
 def _locked_session(sessions: ExitStack, db: Database, spec: Spec) -> psycopg.Connection[Any]:
@@ -177,12 +261,42 @@ def _locked_session(sessions: ExitStack, db: Database, spec: Spec) -> psycopg.Co
 
 @contextmanager
 def transition(db: Database, spec: Spec, command: str, allowed: tuple[str, ...]) -> Iterator[Transition]:
-    """Hold the advisory lock, check the starting state, hand the caller a Transition to finish()."""
+    """Hold the advisory lock, check the starting state, hand the caller a Transition to finish().
+
+    An earlier run of a multi-step transition that was interrupted: the same command gets its progress (and
+    resumes), `rollback` first undoes it (or is refused when nothing knows how)."""
     with ExitStack() as sessions:
         conn = _locked_session(sessions, db, spec)
         current = read(conn, spec)
         require(current, allowed, command)
-        yield Transition(spec, conn, current, command, time.monotonic(), db, sessions)
+        tr = Transition(spec, conn, current, command, time.monotonic(), db, sessions)
+        progress = read_progress(conn, spec)
+        if progress is not None and progress.get("command") == command:
+            tr.progress = progress
+        elif progress is not None and command == "rollback":
+            if progress.get("command") not in UNDO_INTERRUPTED:
+                raise WrongState(f"`rollback` refused: {describe_progress(progress)}")
+            _undo_interrupted(conn, spec, current.state, progress)
+        # Any other command allowed here (validate: it only reads) runs and leaves the progress as it is.
+        yield tr
+
+
+def _undo_interrupted(conn: Conn, spec: Spec, state_: str, progress: dict[str, Any]) -> None:
+    """Undo what an interrupted transition committed; the last undo step clears its progress, with an audit row."""
+    interrupted = str(progress["command"])
+    run_actions(
+        conn,
+        UNDO_INTERRUPTED[interrupted](spec, conn),
+        finish=lambda c: record(
+            c,
+            spec,
+            from_state=state_,
+            to_state=state_,
+            command="rollback",
+            reason=f"undo the interrupted `{interrupted}`",
+            details={"undid": interrupted, "steps_done": progress.get("done")},
+        ),
+    )
 
 
 def set_flags(conn: psycopg.Connection[Any], spec: Spec, **flags: Any) -> None:

@@ -1,4 +1,4 @@
-"""`migrator status`: state, flags, table sizes and row counts, quarantine."""
+"""`migrator status`: state, flags, table sizes and row counts, quarantine, and a transition left interrupted."""
 
 from __future__ import annotations
 
@@ -40,6 +40,10 @@ class Status:
     updated_by: str | None
     tables: list[TableStatus] = field(default_factory=list)
     quarantine_open: int | None = None
+    # A multi-step transition killed part-way (state.progress): one line saying how far it got and the way out,
+    # and the progress itself ({"command", "from", "steps", "done"}); None when nothing is in flight.
+    interrupted: str | None = None
+    progress: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,10 +77,19 @@ def collect(db: Database, spec: Spec) -> Status:
             updated_at=st.updated_at,
             updated_by=st.updated_by,
         )
+        progress = state.read_progress(conn, spec)
+        if progress is not None:
+            result.progress, result.interrupted = progress, state.describe_progress(progress)
+            # What finishes it comes next (in contracted, where no forward command is left: the rollback).
+            result.next_command = str(progress.get("command") or result.next_command)
+        archive = None
         if lifecycle.stage(st.state).archived:
-            result.tables.append(
-                _table_status(conn, "legacy (archived)", spec.source.schema_, names.archive_name(spec))
-            )
+            archive = _table_status(conn, "legacy (archived)", spec.source.schema_, names.archive_name(spec))
+        if archive is not None and archive.exists:
+            result.tables.append(archive)
+        elif archive is not None:
+            # An interrupted rollback already renamed the archive back: the legacy table is what is there.
+            result.tables.append(_table_status(conn, "legacy (restored)", spec.source.schema_, spec.source.table))
         else:
             result.tables.append(_table_status(conn, "legacy", spec.source.schema_, spec.source.table))
         result.tables.append(_table_status(conn, "base", spec.target_schema, spec.base.table))

@@ -5,6 +5,9 @@ Two passes. The insert pass, over base keys, gives a legacy row to every split r
 refresh pass, over legacy keys, finds the legacy rows that differ from the split side, locks them before reading
 the split side, and refreshes or removes them: a concurrent write is never overwritten by an older copy, and rows
 that did not change while contracted are neither locked nor written.
+
+Each chunk commits on its own and the whole copy is idempotent (it writes only rows that differ), so an
+interrupted copy is simply run again: the syncs, on since the restore, kept every row written meanwhile current.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from migrator.copy.forward import BACKEND_FLUSH_AFTER
+from migrator.engine.actions import boundary
 from migrator.engine.chunking import ChunkSizer, RateLimiter, after_cursor
 from migrator.engine.context import Reporter
 from migrator.engine.session import set_local
@@ -224,6 +228,7 @@ class _ReverseCopy:
                 n, hi = int(row[0]), row[1]
                 if n:
                     work(statement, cursor, hi, size)
+            boundary(self.conn)  # a chunk committed: the kill hook's statement boundary (tests)
             self.sizer.observe(n, time.monotonic() - c0)
             self.limiter.done(n)
             self.reporter.progress(progress(), None, phase=f"reverse backfill: {name}")

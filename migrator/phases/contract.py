@@ -5,11 +5,16 @@ for the quiet period. Then: foreign keys that point at the legacy table are re-p
 (NOT VALID, then VALIDATE, then the old one dropped), and in one short transaction the sync triggers go and
 the legacy table is renamed to an archive (never dropped) — optionally replaced by a view of the same name
 and shape over the split tables, with INSTEAD OF triggers, so code that still uses the old name keeps working.
+The state moves to contracted in that same transaction.
 
 Rollback (contracted -> write_new) renames the archive back, re-installs both directions of sync in the same
 transaction, then refills the legacy rows from the split tables with a reverse backfill (migrator.copy.reverse)
 that locks each legacy row before reading the split side, so a concurrent write is never overwritten by an older
-copy.
+copy; after a full validation it re-points the foreign keys back, the state moving with the last of them.
+
+Both record each committed step in the state's progress (state.Transition.recorder): killed anywhere, re-running
+the command finishes the job (every step has a done check), and `rollback` from write_new undoes an interrupted
+contract's re-pointed foreign keys first (state.UNDO_INTERRUPTED).
 """
 
 from __future__ import annotations
@@ -84,15 +89,25 @@ class Contract(Phase[Options]):
     def apply(self, ctx: Context) -> None:
         spec, opts = ctx.spec, self.options
         with state.transition(ctx.require_db(), spec, self.name, (self.left,)) as tr:
+            if tr.progress is not None:
+                ctx.reporter.step(f"resuming: {state.describe_progress(tr.progress)}")
+            # On a resume the guards run again: nothing was archived yet and both syncs are still on, so they hold
+            # as before; the quiet period counts from the mark the first run left (no new wait unless legacy was
+            # written directly since).
             guards.require_in_sync(ctx.require_db(), spec, self.name)
             guards.require_no_open_quarantine(tr.conn, spec, self.name)
             _require_references_covered(spec, tr.conn)
             _wait_for_quiet(ctx, tr.conn, opts.quiet_period, opts.wait)
-            run_actions(tr.conn, self.plan(ctx, tr.conn), on_step=ctx.announce(), lock_timeout=ctx.lock_timeout)
-            tr.finish(
-                self.entered,
-                reason=ctx.reason,
-                details={"archive": names.archive_name(spec), "compat_view": opts.compat_view},
+            acts = self.plan(ctx, tr.conn)
+            details = {"archive": names.archive_name(spec), "compat_view": opts.compat_view}
+            run_actions(
+                tr.conn,
+                acts,
+                on_step=ctx.announce(),
+                lock_timeout=ctx.lock_timeout,
+                record=tr.recorder([a.description for a in acts]),
+                # The state moves in the swap's own transaction: no kill leaves an archive behind a write_new state.
+                finish=tr.finisher(self.entered, reason=ctx.reason, details=details),
             )
 
     def verify(self, ctx: Context) -> Report:
@@ -119,28 +134,55 @@ class Contract(Phase[Options]):
                 "re-install forward and reverse sync",
                 join(repoint.restore_statements(spec), ";\n"),
                 lock_timeout=MULTI_TABLE_LOCK_TIMEOUT,
+                # Done once it committed: a resumed rollback must not drop "the view" that is the table again.
+                done_check=repoint.restore_done_check(spec),
             )
         ]
 
     def rollback(self, ctx: Context, opts: RollbackOptions) -> None:
-        """contracted -> write_new: the legacy table back, both syncs on, its rows refilled from the split side."""
+        """contracted -> write_new: the legacy table back, both syncs on, its rows refilled from the split side.
+
+        Steps: restore (one transaction), reverse backfill, then the foreign keys back, one action at a time; each
+        is recorded as it commits and the state moves with the last. Re-run after an interruption, the restore is
+        skipped (done), the reverse backfill runs again (the syncs kept legacy current since; it only catches up)
+        and re-pointing skips what is done."""
         spec = ctx.spec
-        with state.transition(ctx.require_db(), spec, "rollback", (self.entered,)) as tr:
-            run_actions(tr.conn, self.rollback_plan(ctx), on_step=ctx.announce(), lock_timeout=ctx.lock_timeout)
+        db = ctx.require_db()
+        with state.transition(db, spec, "rollback", (self.entered,)) as tr:
+            if tr.progress is not None:
+                ctx.reporter.step(f"resuming: {state.describe_progress(tr.progress)}")
+            restore = self.rollback_plan(ctx)
+            refill = "reverse backfill: refill the legacy rows from the split tables"
+            steps = [*(a.description for a in restore), refill]
+            back_planned = [a.description for a in repoint.repoint_actions(spec, None, "base")]
+            run_actions(
+                tr.conn,
+                restore,
+                on_step=ctx.announce(),
+                lock_timeout=ctx.lock_timeout,
+                record=tr.recorder([*steps, *back_planned]),
+            )
             result = reverse.reverse_backfill(tr.conn, spec, ctx.reporter, opts.max_rows_per_second)
             ctx.reporter.step(
                 f"reverse backfill: {result.updated:,} legacy rows refreshed, {result.inserted:,} added, "
                 f"{result.deleted:,} removed in {result.seconds:.1f} s"
             )
             repoint_back = repoint.repoint_actions(spec, tr.conn, "base")
-            run_actions(tr.conn, repoint_back, on_step=ctx.announce(), lock_timeout=ctx.lock_timeout)
-            guards.require_in_sync(ctx.require_db(), spec, "rollback")
+            steps += [a.description for a in repoint_back]
             with tr.conn.transaction():
-                guards.mark_legacy_writes(tr.conn, spec)
-            tr.finish(
-                self.left,
-                reason=ctx.reason,
-                details={"updated": result.updated, "inserted": result.inserted, "deleted": result.deleted},
+                tr.recorder(steps, len(restore))(tr.conn, 0)
+            # Before the foreign keys go back, so the state can move with the last of them.
+            guards.require_in_sync(db, spec, "rollback")
+            details = {"updated": result.updated, "inserted": result.inserted, "deleted": result.deleted}
+            run_actions(
+                tr.conn,
+                repoint_back,
+                on_step=ctx.announce(),
+                lock_timeout=ctx.lock_timeout,
+                record=tr.recorder(steps, len(restore) + 1),
+                finish=tr.finisher(
+                    self.left, reason=ctx.reason, details=details, before=lambda c: guards.mark_legacy_writes(c, spec)
+                ),
             )
 
 

@@ -1,6 +1,7 @@
 """A physical standby of the DATABASE_URL server, for tests of what applications do on a read replica.
 
-The `standby` fixture (session scope; import it into a test module) makes one, in this order:
+The `standby` fixture (module scope, so its replication slot is gone before other modules' backfills read their
+health signals; import it into a test module) makes one, in this order:
 
 - `pg_basebackup -R` (a streaming standby) when the server accepts a replication connection, over DATABASE_URL
   or, as the `postgres` OS user, over the server's unix socket;
@@ -271,7 +272,7 @@ def _stop(bindir: Path, base: Path) -> None:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def standby(pg_server: Server) -> Iterator[Standby]:
     """A hot standby of the DATABASE_URL server on a free loopback port (skips when it cannot be made)."""
     if pg_server.kind != "DATABASE_URL":

@@ -17,7 +17,7 @@ from migrator.seed import seed
 from migrator.spec import Spec
 from tests.standby import Standby, standby
 
-__all__ = ["standby"]  # the session fixture, imported so that pytest finds it here
+__all__ = ["standby"]  # the fixture, imported so that pytest finds it here
 
 pytestmark = pytest.mark.db
 

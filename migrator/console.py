@@ -28,11 +28,19 @@ from rich.progress import (
 from rich.syntax import Syntax
 from rich.table import Table
 
-from migrator import jsonenc
+from migrator import jsonenc, results
 from migrator.errors import ConfirmationRequired
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich would exit 1 here; the CLI exits quietly with 141, as a process killed by SIGPIPE (`| head`).
+        self.quiet = True
+        raise BrokenPipeError
+
+
+out = _Console(highlight=False, soft_wrap=True)
+err = _Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def to_json(value: Any) -> str:
@@ -41,7 +49,12 @@ def to_json(value: Any) -> str:
 
 def print_json(value: Any) -> None:
     # Plain print, not rich: JSON must not be wrapped or styled.
-    sys.stdout.write(to_json(value) + "\n")
+    emit(to_json(value))
+
+
+def emit(line: str) -> None:
+    """One line on stdout, flushed (a JSON line of `--json` output: an event, or the command's result)."""
+    sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 
@@ -167,13 +180,14 @@ class ProgressReporter:
 
 
 class JsonReporter:
-    """One JSON object per line: steps and progress events, for log shippers."""
+    """One JSON object per line, each with its `event` and a `ts` (migrator.results: StepEvent, ProgressEvent)."""
 
     def step(self, message: str) -> None:
-        print_json({"event": "step", "message": message})
+        print_json(results.event("step", message=message))
 
     def progress(self, done: int, total: int | None, **fields: Any) -> None:
-        print_json({"event": "progress", "done": done, "total": total, **fields})
+        # The contract's own keys win over a job's counters of the same name.
+        print_json({**fields, **results.event("progress", done=done, total=total)})
 
     @contextmanager
     def running(self) -> Iterator[JsonReporter]:

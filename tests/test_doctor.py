@@ -290,23 +290,23 @@ def test_unreadable_state_degrades_to_a_warning(
 
 
 def test_cli_json_shape_and_exit_codes(run_cli: Any, seeded: Database, database_url: str, conn: Any) -> None:
-    """`doctor --json` prints one object {"command": "doctor", "ok", "state", "findings": [...]}; exit 0 when ok,
-    1 (with the summary on stderr) once a check fails."""
+    """`doctor --json` ends with the one result object (findings in its details); exit 0 when ok, 1 (with the
+    summary on stderr) once a check fails."""
     r = run_cli("--dsn", database_url, "--json", "doctor")
     assert r.exit_code == 0, r.stderr
-    doc = json.loads(r.stdout)
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
     assert (doc["command"], doc["ok"], doc["state"]) == ("doctor", True, "legacy")
-    assert {f["check"] for f in doc["findings"]} == set(doctor.CHECK_NAMES)
-    for f in doc["findings"]:
+    assert {f["check"] for f in doc["details"]["findings"]} == set(doctor.CHECK_NAMES)
+    for f in doc["details"]["findings"]:
         assert set(f) == {"check", "status", "message", "fix", "details"}
         assert f["status"] in ("ok", "warn", "fail")
 
     conn.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
     r = run_cli("--dsn", database_url, "--json", "doctor")
     assert r.exit_code == 1
-    doc = json.loads(r.stdout)
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
     assert doc["ok"] is False
-    assert [f["check"] for f in doc["findings"] if f["status"] == "fail"] == ["public_create"]
+    assert [f["check"] for f in doc["details"]["findings"] if f["status"] == "fail"] == ["public_create"]
     assert "public_create" in r.stderr
 
     r = run_cli("--dsn", database_url, "doctor")

@@ -97,7 +97,7 @@ def test_expand_is_idempotent_after_a_partial_run(seeded: Database, projects_spe
 def test_plan_is_what_expand_runs(seeded: Database, projects_spec: Spec, run_cli: Any, database_url: str) -> None:
     """The offline `plan expand` output lists exactly the steps expand executes, in order."""
     offline = run_cli("--json", "plan", "expand")
-    planned = [s["sql"] for s in json.loads(offline.stdout)[0]["steps"]]
+    planned = [s["sql"] for s in json.loads(offline.stdout)["details"]["phases"][0]["steps"]]
     ran: list[str] = []
     ctx = Context(projects_spec, seeded)
     with seeded.connect(autocommit=True) as c:

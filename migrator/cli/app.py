@@ -1,8 +1,16 @@
-"""The CLI's frame: global options, the App they build, the error handler with DESIGN.md's exit codes, and helpers
-the command modules share. No SQL here, and no rich: rendering is console.py's."""
+"""The CLI's frame: global options, the App they build, the result every command reports (migrator.results: with
+--json, exactly one JSON object at the end of stdout, errors included), the error handler with DESIGN.md's exit
+codes, and helpers the command modules share. No SQL here, and no rich: rendering is console.py's.
+
+A command reads the migration's state when it starts (`begin`) and reports what it did (`done`); `main` prints the
+result once the command has returned or raised, so a command never prints it twice and a failure still ends with it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -11,18 +19,44 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 import psycopg
+from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 
-from migrator import console
-from migrator.db import DEFAULT_LOCK_TIMEOUT, Database, dsn_password
+from migrator import console, results
+from migrator.db import DEFAULT_LOCK_TIMEOUT, Database, dsn_password, mask_dsn
 from migrator.engine.context import Context, Reporter
 from migrator.errors import BadInputError, MigratorError
 from migrator.spec import Spec, load_spec
+from migrator.state import State
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _verbose = False
 _secrets: list[str] = []
+# A DDL statement never waits longer than this for its lock (PostgreSQL's own limit is about 24 days).
+MAX_LOCK_TIMEOUT = 3600.0
+
+
+@dataclass
+class Outcome:
+    """What this invocation reports at the end, filled in as the command runs (one per `main` call)."""
+
+    command: str = "migrator"
+    json: bool = False
+    before: State | None = None
+    after: State | None = None
+    # Set by commands with no migration state of their own to report (demo reports its database's).
+    state: str | None = None
+    from_state: str | None = None
+    changed: bool | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    # Top-level keys beyond the contract (runbook's, kept for 0.1 scripts).
+    extra: dict[str, Any] = field(default_factory=dict)
+    # Reads the state again after a failure (set by begin()).
+    reread: Callable[[], State] | None = None
+
+
+_outcome = Outcome()
 
 
 @dataclass
@@ -52,15 +86,39 @@ class App:
                 from migrator import embedded
 
                 dsn = embedded.dsn()
-                if not self.json:
-                    console.info(f"no --dsn or DATABASE_URL: using the embedded PostgreSQL in {embedded.default_dir()}")
+                console.info(f"no --dsn or DATABASE_URL: using the embedded PostgreSQL in {embedded.default_dir()}")
             self._db = Database(dsn)
             if self._db.password:
                 _secrets.append(self._db.password)
         return self._db
 
+    @property
+    def outcome(self) -> Outcome:
+        return _outcome
+
 
 pass_app = click.make_pass_decorator(App)
+
+
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that refuses nan and ±inf (they pass a range check: every comparison with nan is false)."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
+def finite(
+    min: float | None = None,
+    max: float | None = None,
+    *,
+    min_open: bool = False,
+) -> FiniteFloat:
+    return FiniteFloat(min, max, min_open=min_open)
 
 
 def defaulted(name: str, type_: Any, default: Any, help_: str) -> Callable[[F], F]:
@@ -86,6 +144,35 @@ def _remember_secret(dsn: str | None) -> None:
         _secrets.append(password)
 
 
+def check_dsn(dsn: str) -> None:
+    """Refuse a DSN that cannot work, before any connection: exit 2 naming what is wrong."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    ports: list[str] = []
+    if "://" not in dsn.strip():
+        with contextlib.suppress(psycopg.ProgrammingError):  # Database() below names the parse error
+            ports.append(str(conninfo_to_dict(dsn).get("port") or ""))
+    _check_ports(ports)
+    try:
+        db = Database(dsn)
+    except ValueError as exc:
+        raise BadInputError(
+            f"cannot parse DSN {mask_dsn(dsn)!r}: {exc}", hint="use postgresql://user@host:port/dbname"
+        ) from None
+    query_port = db.url.query.get("port")
+    given = [db.url.port, *(query_port if isinstance(query_port, tuple) else (query_port,))]
+    _check_ports([str(p) for p in given if p is not None and p != ""])
+
+
+def _check_ports(values: list[str]) -> None:
+    for value in values:
+        for port in filter(None, (p.strip() for p in value.split(","))):
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise BadInputError(
+                    f"the DSN's port {port!r} is not a port number", hint="use a number from 1 to 65535, e.g. 5432"
+                )
+
+
 def examples(*lines: str) -> Callable[[F], F]:
     """Append an Examples section to a command's --help."""
 
@@ -97,13 +184,32 @@ def examples(*lines: str) -> Callable[[F], F]:
     return deco
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class StdoutClosed(Exception):
+    """stdout's reader went away. Not an OSError: click would turn an EPIPE into a silent exit 1."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            raise StdoutClosed from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--dsn", envvar="DATABASE_URL", help="PostgreSQL DSN (default: $DATABASE_URL, else embedded).")
 @click.option("--spec", "spec_path", envvar="MIGRATOR_SPEC", help="Spec TOML file (default: built-in projects).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Machine-readable output: JSON lines ending with one result object."
+)
 @click.option("--yes", "-y", is_flag=True, help="Answer yes to confirmations (scripts, CI).")
 @click.option("--verbose", "-v", is_flag=True, help="Show tracebacks on errors.")
-@defaulted("--lock-timeout", float, DEFAULT_LOCK_TIMEOUT, "Seconds a DDL step waits for its lock before it retries.")
+@defaulted(
+    "--lock-timeout",
+    finite(0, MAX_LOCK_TIMEOUT, min_open=True),
+    DEFAULT_LOCK_TIMEOUT,
+    "Seconds a DDL step waits for its lock before it retries.",
+)
 @click.version_option(package_name="migrator")
 @click.pass_context
 def cli(
@@ -123,7 +229,13 @@ def cli(
     """
     global _verbose  # noqa: PLW0603 — the error handler runs after click's context is gone
     _verbose = verbose
+    # `--json` written after the command is a usage error, reported as JSON all the same (it was asked for).
+    _outcome.json = _outcome.json or as_json
+    if ctx.invoked_subcommand:
+        _outcome.command = ctx.invoked_subcommand
     _remember_secret(dsn)
+    if dsn:
+        check_dsn(dsn)
     ctx.obj = App(dsn or None, spec_path, as_json, yes, verbose, lock_timeout)
 
 
@@ -138,34 +250,144 @@ def context(app: App, reporter: Reporter | None = None, reason: str | None = Non
     )
 
 
-def done(app: App, command: str, to_state: str, **extra: Any) -> None:
-    if app.json:
-        console.print_json({"event": "done", "command": command, "state": to_state, **extra})
-    else:
-        console.success(f"{command}: the migration is now in {to_state}")
+def reporter(app: App, description: str | None = None) -> console.JsonReporter | console.ProgressReporter:
+    """JSON event lines with --json, else a progress bar titled `description`."""
+    return console.JsonReporter() if app.json else console.ProgressReporter(description or _outcome.command)
 
 
-def handle(exc: BaseException) -> int:
-    """One line for a human (a traceback only with -v); the exit code DESIGN.md assigns."""
+def read_state(app: App) -> State:
+    """The migration's state and flags as they are now."""
+    from migrator import state
+
+    with app.db.connect(autocommit=True) as conn:
+        return state.read(conn, app.spec)
+
+
+def begin(app: App, *, check_spec: bool = False) -> State:
+    """Read the state the command starts from (the result's from_state); with `check_spec`, first check the spec
+    against the server (types resolve, legacy columns exist: exit 2 naming the key, before any DDL)."""
+    from migrator import spec_check, state
+
+    with app.db.connect(autocommit=True) as conn:
+        if check_spec:
+            spec_check.check(conn, app.spec, app.spec_path or "<built-in spec projects>")
+        current = state.read(conn, app.spec)
+    _outcome.before = current
+    _outcome.reread = lambda: read_state(app)
+    return current
+
+
+def done(
+    app: App,
+    message: str | None = None,
+    *,
+    details: dict[str, Any] | None = None,
+    changed: bool | None = None,
+    state: str | None = None,
+    from_state: str | None = None,
+) -> None:
+    """The command succeeded: record its result (printed by main with --json) and say `message` to a human.
+
+    After begin(), the state is read again, and `changed` defaults to whether the state or its flags moved.
+    `state`/`from_state` are for commands whose migration is not the --dsn one's (demo)."""
+    out = _outcome
+    if details:
+        out.details.update(details)
+    if out.before is not None and state is None:
+        out.after = read_state(app)
+    out.state, out.from_state = state, from_state
+    if changed is not None:
+        out.changed = changed
+    if message and not app.json:
+        console.success(message)
+
+
+def moved(app: App) -> str:
+    """'the migration is now in STATE' (after done())."""
+    after = _outcome.after or _outcome.before
+    return f"the migration is now in {after.state}" if after else "done"
+
+
+# -- the end: the result, the error, the exit code ---------------------------------------------------------------
+
+
+def _flags(st: State | None) -> tuple[Any, ...] | None:
+    return None if st is None else (st.state, st.read_percent, st.paused)
+
+
+def _result(code: int, error: results.ErrorInfo | None) -> results.Result:
+    out = _outcome
+    if error is not None and out.reread is not None and out.after is None and error.code != "connection_failed":
+        # Where the migration is now, after the failure (a multi-step rollback may have moved it part-way).
+        try:
+            out.after = out.reread()
+        except Exception:  # the result must still be printed; the state stays unknown
+            out.after = None
+    after = out.after if out.after is not None else out.before
+    state = out.state or (after.state if after else None)
+    from_state = out.from_state or (out.before.state if out.before else None)
+    changed = out.changed
+    if changed is None:
+        changed = out.before is not None and out.after is not None and _flags(out.before) != _flags(out.after)
+    return results.Result(
+        command=out.command,
+        ok=code == 0,
+        exit_code=code,
+        state=state,
+        from_state=from_state,
+        changed=changed,
+        details=results.json_safe(out.details),
+        error=error,
+        **out.extra,
+    )
+
+
+def _finish(code: int, error: results.ErrorInfo | None = None) -> NoReturn:
+    if _outcome.json:
+        try:
+            line = _result(code, error).line()
+        except ValidationError as exc:
+            # A command reported something the contract does not allow: a bug, said as such (and still one object).
+            console.error(f"internal error: the result does not fit the JSON contract: {exc}")
+            code = 3
+            info = results.ErrorInfo(code="unexpected_error", message=f"the result does not fit the contract: {exc}")
+            _outcome.details, _outcome.extra, _outcome.state, _outcome.from_state = {}, {}, None, None
+            _outcome.before = _outcome.after = None
+            line = _result(code, info).line()
+        try:
+            console.emit(line)
+        except BrokenPipeError:
+            _broken_pipe()
+    try:
+        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe could only be complained about
+    except BrokenPipeError:
+        _broken_pipe()
+    sys.exit(code)
+
+
+def handle(exc: BaseException) -> tuple[int, results.ErrorInfo]:
+    """One line for a human on stderr (a traceback only with -v); the exit code DESIGN.md assigns, and the error
+    for the JSON result."""
     if _verbose:
         console.traceback()
     if isinstance(exc, MigratorError):
         console.error(scrub(str(exc)))
-        return exc.exit_code
+        hint = scrub(exc.hint) if exc.hint else None
+        return exc.exit_code, results.ErrorInfo(code=results.error_code(exc), message=scrub(exc.message), hint=hint)
     if isinstance(exc, sa_exc.DBAPIError | psycopg.Error):
         orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
-        state = getattr(orig, "sqlstate", None)
+        sqlstate = getattr(orig, "sqlstate", None)
         first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-        console.error(
-            scrub(f"database error{f' {state}' if state else ''}: {first}")
-            + ("" if _verbose else "  (run with -v for the traceback)")
-        )
-        return 3
+        message = scrub(f"database error{f' {sqlstate}' if sqlstate else ''}: {first}")
+        console.error(message + ("" if _verbose else "  (run with -v for the traceback)"))
+        return 3, results.ErrorInfo(code="database_error", message=message, sqlstate=sqlstate)
     if isinstance(exc, OSError):
-        console.error(scrub(f"{exc}"))
-        return 3
-    console.error(scrub(f"unexpected error: {type(exc).__name__}: {exc}") + "  (run with -v for the traceback)")
-    return 3
+        message = scrub(f"{exc}")
+        console.error(message)
+        return 3, results.ErrorInfo(code="os_error", message=message)
+    message = scrub(f"unexpected error: {type(exc).__name__}: {exc}")
+    console.error(message + "  (run with -v for the traceback)")
+    return 3, results.ErrorInfo(code="unexpected_error", message=message)
 
 
 class Terminated(KeyboardInterrupt):
@@ -176,32 +398,85 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated
 
 
+_INTERRUPTED = (
+    "interrupted: every completed step is committed; `migrator status` shows where the migration is — "
+    "run the same command again to continue, or `migrator rollback`"
+)
+
+
 def _interrupted(exc: BaseException) -> NoReturn:
     # Each step commits on its own, so what finished is kept; the state and the audit log say where it stopped.
-    console.error(
-        "interrupted: every completed step is committed; `migrator status` shows where the migration is — "
-        "run the same command again to continue, or `migrator rollback`"
+    console.error(_INTERRUPTED)
+    terminated = isinstance(exc, Terminated)
+    info = results.ErrorInfo(
+        code="terminated" if terminated else "interrupted",
+        message=_INTERRUPTED.split(":", 1)[0] + (" by SIGTERM" if terminated else " by Ctrl-C"),
+        hint="`migrator status` shows where the migration is; run the same command again to continue",
     )
-    sys.exit(143 if isinstance(exc, Terminated) else 130)
+    _finish(143 if terminated else 130, info)
+
+
+def _broken_pipe() -> NoReturn:
+    """The reader of stdout went away (`migrator plan | head`): stop quietly, as a process killed by SIGPIPE would
+    (141). stdout is pointed at /dev/null first, or Python's own flush at exit would complain on stderr."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # no real file descriptor (tests capture stdout): nothing will flush into a closed pipe
+    sys.exit(141)
+
+
+def _from_argv(argv: list[str] | None) -> None:
+    """What the result needs before click has parsed anything (a usage error in the global options): --json and the
+    command's name, from the raw arguments."""
+    args = sys.argv[1:] if argv is None else argv
+    _outcome.json = "--json" in args
+    _outcome.command = next((a for a in args if a in cli.commands), "migrator")
 
 
 def main(argv: list[str] | None = None) -> None:
+    global _outcome, _verbose  # one Outcome per invocation (tests call main() many times)
+    _outcome, _verbose = Outcome(), False
+    _from_argv(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        cli.main(args=argv, prog_name="migrator", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="migrator", standalone_mode=False)
+        if isinstance(rv, int):
+            sys.exit(rv)  # --help, --version: text, not a command's result
+    except (BrokenPipeError, StdoutClosed):
+        _broken_pipe()
+    except SystemExit:
+        # click met the closed pipe itself (printing --help): it wraps stdout and exits 1; we exit like `| head`.
+        if type(sys.stdout).__name__ == "_PacifyFlushWrapper":
+            _broken_pipe()
+        raise
     except click.exceptions.Abort as exc:
         # click turns Ctrl-C (and SIGTERM, raised as one) into Abort; a declined confirmation is an Abort too.
         if isinstance(exc.__context__, KeyboardInterrupt):
             _interrupted(exc.__context__)
         console.error("aborted")
-        sys.exit(1)
+        _finish(1, results.ErrorInfo(code="aborted", message="aborted"))
     except click.ClickException as exc:
         exc.show()
-        sys.exit(BadInputError.exit_code if exc.exit_code == 2 else exc.exit_code)
+        code = BadInputError.exit_code if exc.exit_code == 2 else exc.exit_code
+        _finish(code, results.ErrorInfo(code="usage_error", message=scrub(exc.format_message())))
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
         _interrupted(exc)
     except Exception as exc:
-        sys.exit(handle(exc))
-    sys.exit(0)
+        if _broken_pipe_in(exc):
+            _broken_pipe()
+        _finish(*handle(exc))
+    _finish(0)
+
+
+def _broken_pipe_in(exc: BaseException) -> bool:
+    """A BrokenPipeError raised while another exception was being handled (or re-raised as one)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, BrokenPipeError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from migrator import console
-from migrator.cli.app import App, cli, defaulted, examples, pass_app
+from migrator.cli.app import App, cli, defaulted, done, examples, pass_app
 from migrator.errors import GuardFailed
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,7 +37,7 @@ def _dedented(fn: F) -> F:
 @examples(
     "migrator doctor",
     "migrator --dsn postgresql://migrator@db/shop doctor --long-transaction-seconds 30",
-    "migrator doctor --json | jq '.findings[] | select(.status != \"ok\")'",
+    "migrator doctor --json | tail -1 | jq '.details.findings[] | select(.status != \"ok\")'",
 )
 @_dedented
 @pass_app
@@ -54,9 +54,8 @@ def doctor(app: App, long_transaction_seconds: float, idle_seconds: float) -> No
         long_transaction_seconds=long_transaction_seconds,
         idle_transaction_seconds=idle_seconds,
     )
-    if app.json:
-        console.print_json({"command": "doctor", **report.as_dict()})
-    else:
+    done(app, details=report.as_dict(), state=report.state, from_state=report.state, changed=False)
+    if not app.json:
         rows = [
             (f.check, f.status, "\n".join([f.message, *(f"  · {d}" for d in f.details)]), f.fix or "")
             for f in report.findings

@@ -1,5 +1,5 @@
 """The phase commands (expand … contract), pause/resume and rollback: parse the options into the phase's typed
-Options, run it, render the outcome."""
+Options, check the spec against the server, run the phase, report the outcome (migrator.results)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,25 @@ from pathlib import Path
 
 import click
 
-from migrator import console
-from migrator.cli.app import App, cli, context, defaulted, done, examples, pass_app, reason_option
+from migrator import console, lifecycle
+from migrator.cli.app import (
+    App,
+    begin,
+    cli,
+    context,
+    defaulted,
+    done,
+    examples,
+    finite,
+    moved,
+    pass_app,
+    reason_option,
+    reporter,
+)
+from migrator.errors import BadInputError, WrongState
+
+# The state a backfill runs in: the only one where pausing it means something.
+BACKFILL_STATE = lifecycle.left_by("backfill")
 
 
 @cli.command()
@@ -19,25 +36,33 @@ def expand(app: App, reason: str | None) -> None:
     """legacy -> dual_write: create the split tables, constraints and indexes, then the forward sync triggers.
 
     Every DDL step runs under SET LOCAL lock_timeout and is retried; indexes are built CONCURRENTLY; foreign
-    keys are added NOT VALID and validated afterwards. Re-running after a crash finishes the job.
+    keys are added NOT VALID and validated afterwards. Re-running after a crash finishes the job. Before any DDL,
+    every type the spec names must resolve on the server and every legacy column it names must exist (exit 2).
     """
     from migrator.phases.expand import Expand
 
+    begin(app, check_spec=True)
     Expand().apply(context(app, reason=reason))
-    done(app, "expand", "dual_write")
+    done(app)
+    _said(app, "expand")
+
+
+def _said(app: App, command: str) -> None:
+    if not app.json:
+        console.success(f"{command}: {moved(app)}")
 
 
 @cli.command()
 @defaulted(
     "--workers", click.IntRange(1, 64), 1, "Parallel workers in this process (they claim key ranges with SKIP LOCKED)."
 )
-@defaulted("--chunk-time", click.FloatRange(0.005, 60), 0.1, "Target seconds per chunk; the chunk size adapts to it.")
+@defaulted("--chunk-time", finite(0.005, 60), 0.1, "Target seconds per chunk; the chunk size adapts to it.")
 @click.option("--batch-size", type=click.IntRange(1, 1_000_000), help="Fixed rows per chunk instead.")
-@click.option("--max-rows-per-second", type=click.FloatRange(min=1), help="Throttle the copy.")
+@click.option("--max-rows-per-second", type=finite(min=1), help="Throttle the copy.")
 @click.option("--throttle-query", help="SQL returning a number; > 0 means wait (e.g. replica lag in seconds).")
 @defaulted(
     "--chunk-lock-timeout",
-    click.FloatRange(0.001, 10),
+    finite(0.001, 10),
     0.05,
     "Seconds a chunk waits for an application's row lock before it retries smaller.",
 )
@@ -64,7 +89,8 @@ def backfill(
     """dual_write -> backfilled: copy every legacy row into the split tables, keeping ids.
 
     Keyset chunks over the primary key, one short transaction each, checkpointed: kill it at any moment and
-    run it again to resume. `migrator pause` / `resume` stop and restart every worker within one chunk.
+    run it again to resume. `migrator pause` / `resume` stop and restart every worker within one chunk; a pause
+    still set when the backfill finishes is cleared.
     """
     from migrator.phases import backfill as phase
 
@@ -77,34 +103,65 @@ def backfill(
         lock_timeout=chunk_lock_timeout,
         join=join_,
     )
-    reporter = console.JsonReporter() if app.json else console.ProgressReporter("backfill")
-    with reporter.running():
-        phase.Backfill(opts).apply(context(app, reporter, reason=reason))
-    done(app, "backfill", "dual_write (joined)" if join_ else "backfilled")
+    begin(app, check_spec=True)
+    progress = reporter(app, "backfill")
+    with progress.running():
+        phase.Backfill(opts).apply(context(app, progress, reason=reason))
+    cleared = False if join_ else _clear_pause(app)
+    done(app, details={"joined": join_, "pause_cleared": cleared})
+    if not app.json:
+        console.success("backfill: workers lent until the copy finished" if join_ else f"backfill: {moved(app)}")
+
+
+def _clear_pause(app: App) -> bool:
+    """A pause set while the last chunks ran has nothing left to pause: clear it, so it does not linger."""
+    from migrator import state
+    from migrator.cli.app import read_state
+
+    if not read_state(app).paused:
+        return False
+    with app.db.connect(autocommit=True) as conn:
+        state.set_flags(conn, app.spec, paused=False)
+    return True
 
 
 @cli.command()
 @examples("migrator pause", "migrator resume")
 @pass_app
 def pause(app: App) -> None:
-    """Pause every backfill worker (they stop within one chunk and wait)."""
+    """Pause every backfill worker (they stop within one chunk and wait). Only while a backfill can run (in
+    dual_write); the flag is cleared by `resume`, or when the backfill finishes."""
+    current = begin(app)
+    if current.state != BACKFILL_STATE:
+        raise WrongState(
+            f"`pause` stops backfill workers, which run only in {BACKFILL_STATE}; the migration is in {current.state}",
+            hint="nothing was paused"
+            + (
+                f"; `migrator {lifecycle.next_command(current.state)}` starts the migration"
+                if current.state == lifecycle.START
+                else ""
+            ),
+        )
     _set_paused(app, True)
-    done(app, "pause", "paused")
+    done(app, "backfill workers pause within one chunk (`migrator resume` lets them go on)", details={"paused": True})
 
 
 @cli.command()
 @examples("migrator resume")
 @pass_app
 def resume(app: App) -> None:
-    """Let paused backfill workers continue."""
+    """Let paused backfill workers continue (in any state: it only clears the pause flag)."""
+    begin(app)
     _set_paused(app, False)
-    done(app, "resume", "running")
+    done(app, "backfill workers may continue", details={"paused": False})
 
 
 def _set_paused(app: App, paused: bool) -> None:
     from migrator import state
 
     with app.db.connect(autocommit=True) as conn:
+        if state.read(conn, app.spec).updated_at is None:
+            return  # no migration recorded yet (no state schema): nothing is or was paused
         state.set_flags(conn, app.spec, paused=paused)
 
 
@@ -114,9 +171,7 @@ def _set_paused(app: App, paused: bool) -> None:
 @click.option("--accept-quarantine", is_flag=True, help="Let quarantined rows pass (audited; they stay in legacy).")
 @click.option("--chunk-rows", type=click.IntRange(min=100), help="Keys per compared chunk.")
 @click.option("--workers", type=click.IntRange(min=1), help="Chunks compared at once (default 2).")
-@click.option(
-    "--max-rows-per-second", type=click.FloatRange(min=1), help="Throttle the reads (leaves CPU to the application)."
-)
+@click.option("--max-rows-per-second", type=finite(min=1), help="Throttle the reads (leaves CPU to the application).")
 @reason_option
 @examples(
     "migrator validate",
@@ -139,9 +194,8 @@ def validate(
     check in validators/. Exit 0 clean, 1 on any mismatch (naming every id and column). From backfilled, a clean
     result moves the state to validated; in later states it only checks."""
     from migrator.phases import validate as phase
-    from migrator.verify.result import ValidationFailed
+    from migrator.verify.result import ValidationFailed, ValidationResult
 
-    reporter = console.JsonReporter() if app.json else console.ProgressReporter("validate")
     defaults = phase.Options()
     opts = phase.Options(
         junit=Path(junit) if junit else None,
@@ -151,20 +205,42 @@ def validate(
         workers=workers or defaults.workers,
         max_rows_per_second=max_rows_per_second,
     )
+    start = begin(app, check_spec=True)
+    progress = reporter(app, "validate")
     validation = phase.Validate(opts)
+
+    def details(result: ValidationResult, moved_to: str | None) -> dict[str, object]:
+        found = result.as_dict()
+        # The state the comparison ran in; the result's `state` is where the migration is now.
+        found["validated_in"] = found.pop("state")
+        quarantine = result.quarantine
+        # validate accepts every open row it reported, in the transaction that moves the state.
+        accepted_now = quarantine.unaccepted if moved_to and accept_quarantine else 0
+        found["quarantine"] = {
+            **found["quarantine"],
+            "accepted": quarantine.accepted + accepted_now,
+            "accepted_now": accepted_now,
+        }
+        return found
+
     try:
-        with reporter.running():
-            validation.apply(context(app, reporter, reason=reason))
+        with progress.running():
+            validation.apply(context(app, progress, reason=reason))
     except ValidationFailed as exc:
-        if app.json:
-            console.print_json({"event": "done", "command": "validate", **exc.result.as_dict()})
+        app.outcome.details.update(details(exc.result, None))
+        raise
+    except BaseException:
+        if validation.result is not None:
+            app.outcome.details.update(details(validation.result, None))
         raise
     result = validation.result
     assert result is not None
-    if app.json:
-        console.print_json({"event": "done", "command": "validate", **result.as_dict()})
-    else:
-        console.success(result.summary())
+    done(app)
+    after = app.outcome.after
+    moved_to = after.state if after is not None and after.state != start.state else None
+    app.outcome.details.update(details(result, moved_to))
+    if not app.json:
+        console.success(result.summary() + (f"; the migration is now in {moved_to}" if moved_to else ""))
 
 
 @cli.command("switch-reads")
@@ -179,8 +255,11 @@ def switch_reads(app: App, percent: int, reason: str | None) -> None:
     split right now."""
     from migrator.phases import switch_reads as phase
 
+    begin(app, check_spec=True)
     phase.SwitchReads(phase.Options(percent=percent)).apply(context(app, reason=reason))
-    done(app, "switch-reads", f"read_new ({percent}% of reads on split)")
+    done(app, details={"read_percent": percent})
+    if not app.json:
+        console.success(f"switch-reads: {moved(app)}, {percent}% of reads on the split tables")
 
 
 @cli.command("switch-writes")
@@ -192,18 +271,16 @@ def switch_writes(app: App, reason: str | None) -> None:
     the forward triggers stay on for instances not yet switched."""
     from migrator.phases.switch_writes import SwitchWrites
 
+    begin(app, check_spec=True)
     SwitchWrites().apply(context(app, reason=reason))
-    done(app, "switch-writes", "write_new")
+    done(app)
+    _said(app, "switch-writes")
 
 
 @cli.command()
-@defaulted(
-    "--quiet-period", click.FloatRange(min=0), 60, "Seconds the legacy table must have gone without direct writes."
-)
+@defaulted("--quiet-period", finite(min=0), 60, "Seconds the legacy table must have gone without direct writes.")
 @click.option("--compat-view", is_flag=True, help="Leave a view with the legacy name and shape over the split tables.")
-@defaulted(
-    "--wait", click.FloatRange(min=0), 0, "Seconds to keep waiting for the quiet period instead of refusing at once."
-)
+@defaulted("--wait", finite(min=0), 0, "Seconds to keep waiting for the quiet period instead of refusing at once.")
 @reason_option
 @examples("migrator contract --compat-view", "migrator --yes contract --quiet-period 300")
 @pass_app
@@ -213,29 +290,37 @@ def contract(app: App, quiet_period: float, compat_view: bool, wait: float, reas
     from migrator.phases import contract as phase
     from migrator.sqlgen.names import archive_name
 
+    begin(app, check_spec=True)
     console.confirm(
         f"archive {app.spec.source.table} as {archive_name(app.spec)} and stop the sync?", assume_yes=app.yes
     )
     opts = phase.Options(quiet_period=quiet_period, compat_view=compat_view, wait=wait)
     phase.Contract(opts).apply(context(app, reason=reason))
-    done(app, "contract", "contracted")
+    done(app, details={"archive": archive_name(app.spec), "compat_view": compat_view})
+    _said(app, "contract")
 
 
 @cli.command()
-@click.option("--to", "to_state", help="Roll back step by step down to this state.")
-@click.option("--drop-tables", is_flag=True, help="From dual_write: also drop the (empty-able) split tables.")
+@click.option(
+    "--to", "to_state", type=click.Choice(lifecycle.STATES), help="Roll back step by step down to this state."
+)
+@click.option(
+    "--drop-tables",
+    is_flag=True,
+    help=f"On the rollback from {BACKFILL_STATE} to {lifecycle.START}: also drop the split tables migrator created.",
+)
 @click.option(
     "--max-rows-per-second",
-    type=click.FloatRange(min=1),
+    type=finite(min=1),
     help="From contracted: throttle the reverse backfill (leaves CPU to the application).",
 )
 @defaulted(
     "--quiet-period",
-    click.FloatRange(min=0),
+    finite(min=0),
     60,
     "Before the reverse sync goes: seconds the split tables must have gone without direct writes.",
 )
-@defaulted("--wait", click.FloatRange(min=0), 0, "Seconds to keep waiting for that quiet period instead of refusing.")
+@defaulted("--wait", finite(min=0), 0, "Seconds to keep waiting for that quiet period instead of refusing.")
 @reason_option
 @examples(
     "migrator rollback",
@@ -256,16 +341,24 @@ def rollback(
     from migrator import operations
     from migrator.phases.base import RollbackOptions
 
+    current = begin(app)
+    target = to_state or lifecycle.previous(current.state)
+    if drop_tables and target is not None and target != lifecycle.START:
+        # The split tables go only with the last step back (to the start): refused here, before anything is asked
+        # or changed, rather than confirmed and then ignored.
+        raise BadInputError(
+            f"--drop-tables drops the split tables on the rollback to {lifecycle.START}, and this rollback ends in "
+            f"{target} (the migration is in {current.state})",
+            hint=f"run `migrator rollback --to {lifecycle.START} --drop-tables` to go all the way back and drop "
+            "them, or leave out --drop-tables",
+        )
     if drop_tables:
         console.confirm(f"drop the split tables {', '.join(app.spec.split_tables())}?", assume_yes=app.yes)
     opts = RollbackOptions(
         drop_tables=drop_tables, max_rows_per_second=max_rows_per_second, quiet_period=quiet_period, wait=wait
     )
     steps = operations.rollback(context(app, reason=reason), to_state, opts)
-    if app.json:
-        console.print_json(
-            {"event": "done", "command": "rollback", "steps": steps, "state": steps[-1][1] if steps else None}
-        )
-    else:
+    done(app, details={"steps": [list(step) for step in steps], "drop_tables": drop_tables})
+    if not app.json:
         for frm, to in steps:
             console.success(f"rolled back {frm} -> {to}")

@@ -114,7 +114,7 @@ def repoint_actions(
 def dangling_references_sql(spec: Spec, fk: ReferenceFK) -> sql.Composed:
     """Up to six keys the referencing table points at that have no base row (re-pointing its FK would fail)."""
     return sql.SQL(
-        "SELECT r.{col}::text FROM {table} AS r WHERE r.{col} IS NOT NULL "
+        "SELECT DISTINCT r.{col}::text FROM {table} AS r WHERE r.{col} IS NOT NULL "
         "AND NOT EXISTS (SELECT FROM {base} AS b WHERE b.{pk} = r.{col}) LIMIT 6"
     ).format(col=ident(fk.column), table=fk.table, base=names.split(spec, spec.base.table), pk=ident(spec.pk))
 

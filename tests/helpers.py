@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from migrator import guards
+from migrator import guards, state
 from migrator.spec import Spec
 from migrator.sqlgen import names
 from migrator.sqlgen.compose import ident
@@ -113,3 +115,22 @@ class RandomWriters:
                 a.execute("UPDATE core_project SET end_date = current_date WHERE id = %s", [pid + 1])
         else:
             a.execute("DELETE FROM core_project WHERE id = %s", [pid])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> float | None:
+    """Seconds until `predicate()` held, polling every 20 ms; None if it never did within `timeout`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.02)
+    return None
+
+
+def move_state(conn: psycopg.Connection[Any], spec: Spec, *states: str) -> None:
+    """Record transitions through `states`, each in its own transaction, as the phases do."""
+    current = state.read(conn, spec).state
+    for to_state in states:
+        with conn.transaction():
+            state.record(conn, spec, from_state=current, to_state=to_state, command="test")
+        current = to_state

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -19,6 +18,7 @@ from migrator.phases.expand import Expand
 from migrator.seed import seed
 from migrator.spec import Spec
 from tests.conftest import Server
+from tests.helpers import move_state, wait_until
 
 pytestmark = pytest.mark.db
 
@@ -28,25 +28,6 @@ SQL_BUCKET = (
     "SELECT ('x' || lpad(left(encode(sha256(convert_to(%s || chr(31) || %s, 'UTF8')), 'hex'), 8), 16, '0'))"
     "::bit(64)::bigint %% 100"
 )
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> float | None:
-    """Seconds until predicate() held, or None when it did not within timeout."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if predicate():
-            return time.monotonic() - started
-        time.sleep(0.02)
-    return None
-
-
-def _move(conn: psycopg.Connection[Any], spec: Spec, *states: str) -> None:
-    """Record transitions through `states`, each in its own transaction, as the phases do."""
-    current = state.read(conn, spec).state
-    for to_state in states:
-        with conn.transaction():
-            state.record(conn, spec, from_state=current, to_state=to_state, command="test")
-        current = to_state
 
 
 def _pids(conn: psycopg.Connection[Any], application_name: str = "migrator-flags-listener") -> set[int]:
@@ -96,18 +77,18 @@ def test_reader_reports_dual_write_after_expand(db: Database, projects_spec: Spe
 def test_transition_reaches_reader_by_notify(reader: FlagReader, with_state: Any, projects_spec: Spec) -> None:
     """A transition committed by state.record reaches a reader with max_age=60 within seconds (NOTIFY)."""
     assert reader.state() == "legacy"
-    _move(with_state, projects_spec, "dual_write")
-    took = _wait_for(lambda: reader.state() == "dual_write")
+    move_state(with_state, projects_spec, "dual_write")
+    took = wait_until(lambda: reader.state() == "dual_write")
     assert took is not None
     assert took < 5
-    _move(with_state, projects_spec, "backfilled", "validated", "read_new")
-    assert _wait_for(lambda: reader.state() == "read_new") is not None
+    move_state(with_state, projects_spec, "backfilled", "validated", "read_new")
+    assert wait_until(lambda: reader.state() == "read_new") is not None
     state.set_flags(with_state, projects_spec, read_percent=30)
-    took = _wait_for(lambda: reader.read_percent() == 30)
+    took = wait_until(lambda: reader.read_percent() == 30)
     assert took is not None
     assert took < 5
-    _move(with_state, projects_spec, "write_new")
-    assert _wait_for(reader.writes_split) is not None
+    move_state(with_state, projects_spec, "write_new")
+    assert wait_until(reader.writes_split) is not None
     assert reader.reads_split()
     assert reader.reads_split("any key")
 
@@ -117,7 +98,7 @@ def test_uncommitted_transition_is_not_seen(reader: FlagReader, with_state: Any,
     with with_state.transaction():
         state.record(with_state, projects_spec, from_state="legacy", to_state="dual_write", command="test")
         raise psycopg.Rollback  # the transaction block rolls back and swallows it
-    assert _wait_for(lambda: reader.state() != "legacy", timeout=1.0) is None
+    assert wait_until(lambda: reader.state() != "legacy", timeout=1.0) is None
 
 
 def test_notify_for_another_migration_is_ignored(
@@ -125,8 +106,8 @@ def test_notify_for_another_migration_is_ignored(
 ) -> None:
     """A reader of another migration keeps its (legacy) state when this migration moves."""
     with FlagReader(database_url, migration="payments_split", max_age=60) as other:
-        _move(with_state, projects_spec, "dual_write")
-        assert _wait_for(lambda: reader.state() == "dual_write") is not None
+        move_state(with_state, projects_spec, "dual_write")
+        assert wait_until(lambda: reader.state() == "dual_write") is not None
         assert other.state() == "legacy"
 
 
@@ -134,22 +115,22 @@ def test_without_listen_values_refresh_after_max_age(with_state: Any, projects_s
     """listen=False serves cached values and reloads them once they are older than max_age."""
     with FlagReader(database_url, max_age=0.3, listen=False) as r:
         assert r.state() == "legacy"
-        _move(with_state, projects_spec, "dual_write")
+        move_state(with_state, projects_spec, "dual_write")
         assert r.state() == "legacy"  # cached: no query per call
-        assert _wait_for(lambda: r.state() == "dual_write", timeout=3.0) is not None
+        assert wait_until(lambda: r.state() == "dual_write", timeout=3.0) is not None
 
 
 def test_refresh_forces_a_reload(with_state: Any, projects_spec: Spec, database_url: str) -> None:
     """refresh() reloads at once, whatever max_age says."""
     with FlagReader(database_url, max_age=60, listen=False) as r:
-        _move(with_state, projects_spec, "dual_write")
+        move_state(with_state, projects_spec, "dual_write")
         r.refresh()
         assert r.state() == "dual_write"
 
 
 def test_read_percent_is_deterministic_per_key(with_state: Any, projects_spec: Spec, database_url: str) -> None:
     """In read_new the same key always gets the same answer, about P% of keys read split; 0% none, 100% all."""
-    _move(with_state, projects_spec, "dual_write", "backfilled", "validated", "read_new")
+    move_state(with_state, projects_spec, "dual_write", "backfilled", "validated", "read_new")
     keys = range(10_000)
     with FlagReader(database_url, max_age=60) as r, FlagReader(database_url, max_age=60, listen=False) as r2:
         for percent in (0, 30, 100):
@@ -178,7 +159,7 @@ def test_bucket_is_stable_and_matches_the_sql_formula(conn: psycopg.Connection[A
 
 def test_sql_fallback_function_returns_the_state(with_state: Any, projects_spec: Spec) -> None:
     """SELECT migrator.flag_state(...) / read_percent(...) give what the reader gives, 'legacy'/0 when unknown."""
-    _move(with_state, projects_spec, "dual_write", "backfilled", "validated", "read_new")
+    move_state(with_state, projects_spec, "dual_write", "backfilled", "validated", "read_new")
     state.set_flags(with_state, projects_spec, read_percent=25)
     row = with_state.execute(
         "SELECT migrator.flag_state('core_project_split'), migrator.read_percent('core_project_split'), "
@@ -190,14 +171,14 @@ def test_sql_fallback_function_returns_the_state(with_state: Any, projects_spec:
 def test_reader_survives_killed_listener_and_recovers(reader: FlagReader, with_state: Any, projects_spec: Spec) -> None:
     """pg_terminate_backend of the listener: the app keeps the last values, the listener reconnects and
     the next transition still arrives by NOTIFY."""
-    _move(with_state, projects_spec, "dual_write")
-    assert _wait_for(lambda: reader.state() == "dual_write") is not None
+    move_state(with_state, projects_spec, "dual_write")
+    assert wait_until(lambda: reader.state() == "dual_write") is not None
     (old_pid,) = _pids(with_state)
     with_state.execute("SELECT pg_terminate_backend(%s)", [old_pid])
     assert reader.state() == "dual_write"  # no exception, last values
-    assert _wait_for(lambda: bool(_pids(with_state) - {old_pid})) is not None
-    _move(with_state, projects_spec, "backfilled")
-    took = _wait_for(lambda: reader.state() == "backfilled")
+    assert wait_until(lambda: bool(_pids(with_state) - {old_pid})) is not None
+    move_state(with_state, projects_spec, "backfilled")
+    took = wait_until(lambda: reader.state() == "backfilled")
     assert took is not None
     assert took < 5
 
@@ -207,7 +188,7 @@ def test_reader_keeps_last_values_while_database_is_gone(
 ) -> None:
     """With its database dropped the reader serves the last values and logs a warning; once the database is
     back (here: recreated empty, so legacy) the listener reconnects and reloads on its own."""
-    _move(with_state, projects_spec, "dual_write")
+    move_state(with_state, projects_spec, "dual_write")
     name = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
     assert isinstance(name, str)
     with FlagReader(database_url, max_age=60) as r:
@@ -222,7 +203,7 @@ def test_reader_keeps_last_values_while_database_is_gone(
         assert any("keeping state=dual_write" in m for m in caplog.messages), caplog.messages
         with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
             admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
-        assert _wait_for(lambda: r.state() == "legacy", timeout=10.0) is not None
+        assert wait_until(lambda: r.state() == "legacy", timeout=10.0) is not None
 
 
 def test_first_load_failure_raises_a_clear_error() -> None:
@@ -250,6 +231,6 @@ def test_close_releases_every_connection(reader: FlagReader, with_state: Any, da
         assert len(_pids(with_state)) == 2  # this reader's listener and the fixture's
         assert len(_pids(with_state, "migrator-flags")) == 1
     # A backend leaves pg_stat_activity a moment after its client has gone.
-    gone = _wait_for(lambda: len(_pids(with_state)) == 1 and not _pids(with_state, "migrator-flags"), timeout=3.0)
+    gone = wait_until(lambda: len(_pids(with_state)) == 1 and not _pids(with_state, "migrator-flags"), timeout=3.0)
     assert gone is not None
     assert r.state() == "legacy"  # the last values stay readable

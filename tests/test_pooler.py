@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -23,28 +21,11 @@ from migrator.flags import FlagReader
 from migrator.seed import seed
 from migrator.spec import Spec
 from tests.conftest import Server
+from tests.helpers import move_state, wait_until
 
 pytestmark = pytest.mark.db
 
 READERS, RELOADS = 8, 500
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _move(conn: psycopg.Connection[Any], spec: Spec, *states: str) -> None:
-    """Record transitions through `states` on a direct connection, each in its own transaction."""
-    current = state.read(conn, spec).state
-    for to_state in states:
-        with conn.transaction():
-            state.record(conn, spec, from_state=current, to_state=to_state, command="test")
-        current = to_state
 
 
 @pytest.fixture
@@ -81,11 +62,14 @@ def test_reader_through_pooler_polls_and_follows_changes(
         assert reader.mode == "poll"
         assert reader.listener_ok is False  # NOTIFY never arrives through a transaction pooler
         assert reader.state() == "legacy"
-        _move(with_state, projects_spec, "dual_write")
-        assert _wait_for(lambda: reader.state() == "dual_write", timeout=15)
-        _move(with_state, projects_spec, "backfilled", "validated", "read_new")
+        move_state(with_state, projects_spec, "dual_write")
+        assert wait_until(lambda: reader.state() == "dual_write", timeout=15) is not None
+        move_state(with_state, projects_spec, "backfilled", "validated", "read_new")
         state.set_flags(with_state, projects_spec, read_percent=30)
-        assert _wait_for(lambda: reader.flags().read_percent == 30 and reader.state() == "read_new", timeout=15)
+        assert (
+            wait_until(lambda: reader.flags().read_percent == 30 and reader.state() == "read_new", timeout=15)
+            is not None
+        )
 
 
 def test_eight_readers_reload_500_times_without_error(
@@ -93,7 +77,7 @@ def test_eight_readers_reload_500_times_without_error(
 ) -> None:
     """8 readers reload 500 times each through the pooler without one failure (no prepared-statement clash),
     and no statement_timeout leaks to other clients of the pool."""
-    _move(with_state, projects_spec, "dual_write")
+    move_state(with_state, projects_spec, "dual_write")
     readers = [FlagReader(pooler_dsn, max_age=60) for _ in range(READERS)]
     failures: list[str] = []
 

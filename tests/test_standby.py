@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import psycopg
 import pytest
 
@@ -19,18 +16,11 @@ from tests.standby import Standby, standby
 
 __all__ = ["standby"]  # the fixture, imported so that pytest finds it here
 
+from tests.helpers import wait_until
+
 pytestmark = pytest.mark.db
 
 MIGRATION = "core_project_split"
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture
@@ -57,7 +47,7 @@ def test_reader_on_standby_polls_and_follows_the_primary(
         assert reader.state() == "dual_write"
         with psycopg.connect(database_url, autocommit=True) as primary, primary.transaction():
             state.record(primary, projects_spec, from_state="dual_write", to_state="backfilled", command="test")
-        assert _wait_for(lambda: reader.state() == "backfilled", timeout=30), reader.flags()
+        assert wait_until(lambda: reader.state() == "backfilled", timeout=30) is not None, reader.flags()
 
 
 def test_reader_without_listen_on_standby(expanded_on_standby: str) -> None:

@@ -7,14 +7,12 @@ psycopg.sql objects only: identifiers through `ident()`, literals (in DDL, which
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from psycopg import sql
-
-from migrator.db import VALUE_SETTINGS
 
 # The package directory (migrator/), one level above this module.
 _PKG = Path(__file__).resolve().parent.parent
@@ -81,7 +79,11 @@ def as_text(query: sql.Composable) -> str:
 
 
 def plpgsql_function(
-    function: sql.Identifier, body: sql.Composable, returns: str = "trigger", args: sql.Composable | None = None
+    function: sql.Identifier,
+    body: sql.Composable,
+    returns: str = "trigger",
+    args: sql.Composable | None = None,
+    settings: Mapping[str, str] | None = None,
 ) -> sql.Composed:
     """CREATE OR REPLACE FUNCTION with a dollar-quote tag that cannot occur in the body.
 
@@ -100,11 +102,11 @@ def plpgsql_function(
     # Such a function must not trust the caller's search_path (an unprivileged role could shadow an operator in
     # it and run code as the owner): pg_catalog only, pg_temp last. Nobody but triggers calls it: EXECUTE is
     # revoked from PUBLIC (PostgreSQL does not check EXECUTE when it fires a trigger).
-    # The value settings are pinned too: what the sync encodes (a timestamptz in the meta JSON) must not depend on
-    # the TimeZone or DateStyle of the application's session that fired it.
-    pins = join([sql.SQL("SET {} = {}").format(ident(k), literal(v)) for k, v in VALUE_SETTINGS.items()], " ")
+    # `settings` pins the value settings the body's encoding depends on (a timestamptz in the meta JSON must not
+    # take the TimeZone of the application's session that fired it); each SET costs every call, so only those.
+    pins = join([sql.SQL(" SET {} = {}").format(ident(k), literal(v)) for k, v in (settings or {}).items()], "")
     return sql.SQL(
         "CREATE OR REPLACE FUNCTION {} RETURNS {} LANGUAGE plpgsql\n"
-        "SECURITY DEFINER SET search_path = pg_catalog, pg_temp {} AS {}\n{}{};\n"
+        "SECURITY DEFINER SET search_path = pg_catalog, pg_temp{} AS {}\n{}{};\n"
         "REVOKE EXECUTE ON FUNCTION {} FROM PUBLIC"
     ).format(signature, raw(returns), pins, raw(tag), raw(text.rstrip("\n") + "\n"), raw(tag), signature)

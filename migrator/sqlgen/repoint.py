@@ -17,7 +17,7 @@ from psycopg import sql
 from migrator.engine.actions import Action
 from migrator.spec import Spec
 from migrator.sqlgen import names, triggers, views
-from migrator.sqlgen.compose import as_text, ident, literal, load, plpgsql_function, raw, render
+from migrator.sqlgen.compose import as_text, ident, literal, load, raw, render
 from migrator.sqlgen.names import object_name
 
 # pg_constraint.confdeltype -> the ON DELETE clause that recreates it.
@@ -132,7 +132,7 @@ def compat_view(spec: Spec) -> list[sql.Composable]:
     )
     return [
         sql.SQL("CREATE VIEW {} AS {}").format(names.source(spec), views.split_as_legacy(spec)),
-        plpgsql_function(fn, body),
+        triggers.definer_function(spec, fn, body),
         triggers.create_trigger(
             spec, "compat_view", "INSTEAD OF INSERT OR UPDATE OR DELETE", names.source(spec), "ROW", fn
         ),

@@ -6,11 +6,13 @@ quoted identifiers inside the plpgsql too.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Literal
 
 from psycopg import sql
 
+from migrator.db import VALUE_SETTINGS
 from migrator.engine.actions import Action
 from migrator.engine.session import MULTI_TABLE_LOCK_TIMEOUT
 from migrator.spec import ColumnSpec, Spec, Variant
@@ -33,6 +35,77 @@ def create_trigger(
         level=raw(level),
         function=function,
     )
+
+
+# Meta column types whose JSON form depends on a session setting (arrays of them too); anything not known to be
+# independent (a domain, a user type) is treated as depending on all of them.
+_SETTING_OF_TYPE = {
+    "timestamptz": "TimeZone",
+    "timestamp with time zone": "TimeZone",
+    "interval": "IntervalStyle",
+    "bytea": "bytea_output",
+    "real": "extra_float_digits",
+    "float4": "extra_float_digits",
+    "double precision": "extra_float_digits",
+    "float8": "extra_float_digits",
+    "float": "extra_float_digits",
+}
+_SETTING_FREE = frozenset(
+    {
+        "text",
+        "varchar",
+        "character varying",
+        "char",
+        "character",
+        "bpchar",
+        "smallint",
+        "int2",
+        "integer",
+        "int",
+        "int4",
+        "bigint",
+        "int8",
+        "numeric",
+        "decimal",
+        "boolean",
+        "bool",
+        "jsonb",
+        "json",
+        "uuid",
+        "date",
+        "timestamp",
+        "timestamp without time zone",
+        "time",
+        "time without time zone",
+        "inet",
+        "cidr",
+        "citext",
+    }
+)
+
+
+def value_settings(spec: Spec) -> dict[str, str]:
+    """The value settings the sync functions pin: those the meta encoding (to_jsonb of each meta column's type)
+    depends on. Other columns cross the sync typed, so no setting touches them."""
+    needed: set[str] = set()
+    for cs in spec.meta.columns.values() if spec.meta else []:
+        base = re.sub(r"\(.*?\)|\[\d*\]", "", cs.type.lower()).strip()
+        if base in _SETTING_OF_TYPE:
+            needed.add(_SETTING_OF_TYPE[base])
+        elif base not in _SETTING_FREE:
+            needed.update(VALUE_SETTINGS)
+    return {k: v for k, v in VALUE_SETTINGS.items() if k in needed}
+
+
+def definer_function(
+    spec: Spec,
+    function: sql.Identifier,
+    body: sql.Composable,
+    returns: str = "trigger",
+    args: sql.Composable | None = None,
+) -> sql.Composed:
+    """A generated function of this migration, pinning the value settings its encoding depends on."""
+    return plpgsql_function(function, body, returns=returns, args=args, settings=value_settings(spec))
 
 
 def _new(col: str, row: str = "r") -> sql.Composed:
@@ -154,7 +227,7 @@ def sync_function_sql(spec: Spec) -> sql.Composed:
     """CREATE FUNCTION <state_schema>.<migration>_sync(r <legacy row>, p_op text, p_source text)."""
     args = sql.SQL("r {}, p_op text, p_source text").format(names.source(spec))
     body = render("forward_sync", block=_sync_block(spec, "r", "p_op", raw("p_source")))
-    return plpgsql_function(function_name(spec, "sync"), body, returns="void", args=args)
+    return definer_function(spec, function_name(spec, "sync"), body, returns="void", args=args)
 
 
 def _changed(values: Sequence[tuple[str, ColumnSpec | None]]) -> sql.Composed:
@@ -218,7 +291,8 @@ def forward_actions(spec: Spec) -> list[Action]:
         "migration": literal(spec.migration_name),
         "from_split": rules.origin_is("split"),
     }
-    row_fn = plpgsql_function(
+    row_fn = definer_function(
+        spec,
         fn,
         render(
             "forward_trigger",
@@ -230,7 +304,7 @@ def forward_actions(spec: Spec) -> list[Action]:
         ),
     )
     children = [names.split(spec, t) for t in spec.split_tables()]
-    trunc_fn = plpgsql_function(tfn, render("forward_truncate_trigger", tables=join(children), **common))
+    trunc_fn = definer_function(spec, tfn, render("forward_truncate_trigger", tables=join(children), **common))
     attach = join(
         [
             create_trigger(spec, "forward", "AFTER INSERT OR UPDATE OR DELETE", names.source(spec), "ROW", fn),
@@ -376,7 +450,8 @@ def _counter_actions(spec: Spec, side: str) -> list[Action]:
         ),
         Action(
             f"create the {side}-writes statement trigger function",
-            plpgsql_function(
+            definer_function(
+                spec,
                 function_name(spec, f"{side}_writes"),
                 render(
                     "writes_counter_trigger",
@@ -401,7 +476,7 @@ def reverse_actions(spec: Spec, write_back: bool = False) -> list[Action]:
     acts.append(
         Action(
             f"create reverse truncate function ({spec.base.table} emptied -> {spec.source.table} emptied)",
-            plpgsql_function(function_name(spec, "reverse_truncate"), truncate_body),
+            definer_function(spec, function_name(spec, "reverse_truncate"), truncate_body),
         )
     )
     attach: list[sql.Composable] = []
@@ -409,7 +484,7 @@ def reverse_actions(spec: Spec, write_back: bool = False) -> list[Action]:
         acts.append(
             Action(
                 f"create reverse sync function for {table} (split -> legacy)",
-                plpgsql_function(function_name(spec, kind), body),
+                definer_function(spec, function_name(spec, kind), body),
             )
         )
         attach.append(

@@ -70,10 +70,6 @@ def writes(conn: psycopg.Connection[Any], spec: Spec, side: Side) -> int:
     return int(value[0]) if value else 0
 
 
-def legacy_writes(conn: psycopg.Connection[Any], spec: Spec) -> int:
-    return writes(conn, spec, "legacy")
-
-
 def counting(conn: psycopg.Connection[Any], spec: Spec, side: Side) -> bool:
     """Whether that side's writes are being counted (its counter trigger is attached: both syncs are on)."""
     row = conn.execute(
@@ -134,14 +130,10 @@ class NotQuiet(GuardFailed):
     """A side that a transition stops syncing saw direct writes within the quiet period."""
 
 
-class LegacyNotQuiet(NotQuiet):
-    """The legacy table saw direct writes within the quiet period."""
-
-
-# side -> (what writes it directly, who must stop, the exception)
+# side -> (how long it has been quiet, who must stop writing it)
 _QUIET = {
-    "legacy": ("the legacy table has been free of direct writes", "writes the split tables", LegacyNotQuiet),
-    "split": ("the split tables have been free of direct writes", "writes the legacy table again", NotQuiet),
+    "legacy": ("the legacy table has been free of direct writes", "writes the split tables"),
+    "split": ("the split tables have been free of direct writes", "writes the legacy table again"),
 }
 
 
@@ -153,17 +145,13 @@ def require_quiet(conn: psycopg.Connection[Any], spec: Spec, side: Side, quiet_s
     now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
     quiet_for = 0.0 if moved else (now - since).total_seconds()
     if quiet_for < quiet_seconds:
-        what, must, error = _QUIET[side]
-        raise error(
+        what, must = _QUIET[side]
+        raise NotQuiet(
             f"`{command}` refused: {what} for {quiet_for:.0f} s of the required {quiet_seconds:.0f} s "
             f"({count} direct write statements since switch-writes)",
             hint=f"make sure every application instance {must}, then retry in {quiet_seconds - quiet_for:.0f} s "
             "(or pass --wait to keep checking, or --quiet-period with a shorter time)",
         )
-
-
-def require_legacy_quiet(conn: psycopg.Connection[Any], spec: Spec, quiet_seconds: float) -> None:
-    require_quiet(conn, spec, "legacy", quiet_seconds, "contract")
 
 
 def wait_for_quiet(

@@ -19,7 +19,6 @@ contract's re-pointed foreign keys first (state.UNDO_INTERRUPTED).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,7 +96,8 @@ class Contract(Phase[Options]):
             guards.require_in_sync(ctx.require_db(), spec, self.name)
             guards.require_no_open_quarantine(tr.conn, spec, self.name)
             _require_references_covered(spec, tr.conn)
-            _wait_for_quiet(ctx, tr.conn, opts.quiet_period, opts.wait)
+            # Not inside a transaction: the moved mark must be committed even when the guard refuses.
+            guards.wait_for_quiet(tr.conn, spec, "legacy", opts.quiet_period, opts.wait, self.name, ctx.reporter.step)
             acts = self.plan(ctx, tr.conn)
             details = {"archive": names.archive_name(spec), "compat_view": opts.compat_view}
             run_actions(
@@ -199,21 +199,3 @@ def _require_references_covered(spec: Spec, conn: psycopg.Connection[Any]) -> No
                 hint=f"fix those {spec.source.table} rows (they are in quarantine) or delete the {fk.table_text} "
                 "rows that reference them, then run `migrator contract` again",
             )
-
-
-def _wait_for_quiet(ctx: Context, conn: psycopg.Connection[Any], quiet: float, wait: float) -> None:
-    """Check the quiet period; with --wait, keep checking (once a second) for up to `wait` seconds."""
-    deadline = time.monotonic() + wait
-    announced = False
-    while True:
-        try:
-            # Not inside a transaction: the moved mark must be committed even when the guard refuses.
-            guards.require_legacy_quiet(conn, ctx.spec, quiet)
-            return
-        except guards.LegacyNotQuiet as exc:
-            if time.monotonic() >= deadline:
-                raise
-            if not announced:
-                ctx.reporter.step(f"waiting for the legacy table to stay quiet for {quiet:.0f} s ({exc.message})")
-                announced = True
-            time.sleep(1.0)

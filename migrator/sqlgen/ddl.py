@@ -247,15 +247,6 @@ def legacy_checks(conn: psycopg.Connection[Any], spec: Spec) -> tuple[list[Carri
     return carried, left
 
 
-def _check_exists(spec: Spec, check: CarriedCheck, validated: bool) -> sql.Composed:
-    return render(
-        "check_constraint_exists",
-        table=names.split_regclass(spec, check.table),
-        name=literal(check.name),
-        validated=literal(validated),
-    )
-
-
 def check_actions(spec: Spec, checks: list[CarriedCheck]) -> list[Action]:
     """expand: each carried CHECK added NOT VALID (no scan, brief lock), so the split side refuses from the start
     exactly what legacy refuses; the backfill validates it once the rows are in (check_validate_actions)."""
@@ -266,7 +257,7 @@ def check_actions(spec: Spec, checks: list[CarriedCheck]) -> list[Action]:
             sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
                 names.split(spec, c.table), ident(c.name), raw(c.definition.removesuffix(" NOT VALID"))
             ),
-            done_check=_check_exists(spec, c, validated=False),
+            done_check=_constraint_done(spec, c.table, c.name, validated=False),
         )
         for c in checks
     ]
@@ -278,7 +269,7 @@ def check_validate_actions(spec: Spec, checks: list[CarriedCheck]) -> list[Actio
         Action(
             f"validate the carried CHECK {c.name} on {c.table}",
             sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(names.split(spec, c.table), ident(c.name)),
-            done_check=_check_exists(spec, c, validated=True),
+            done_check=_constraint_done(spec, c.table, c.name, validated=True),
             statement_timeout=0,
         )
         for c in checks

@@ -1,0 +1,90 @@
+"""The adaptive pace of the long jobs (engine/pace.py): flat out on an idle server, slower when the application is
+busier while the job works, shorter chunks when application sessions wait on the job's locks."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+
+from migrator.db import Database
+from migrator.engine import pace
+from migrator.engine.pace import Pacer
+from tests.helpers import wait_until
+
+
+def _feed(pacer: Pacer, seconds: float, working_active: int, resting_active: int, t0: float) -> float:
+    """Synthetic samples every SAMPLE_EVERY for `seconds`: half taken inside a chunk, half between chunks."""
+    t = t0
+    n = 0
+    while t < t0 + seconds:
+        if n % 2:
+            with pacer.working():
+                pacer.observe(working_active, 0, now=t)
+        else:
+            pacer.observe(resting_active, 0, now=t)
+        t += pace.SAMPLE_EVERY
+        n += 1
+    return t
+
+
+def test_pacer_cuts_the_duty_when_the_application_is_busier_while_the_job_works() -> None:
+    """Twice as many active app sessions during chunks as between them lowers the duty; equal counts raise it."""
+    pacer = Pacer(None)
+    pacer.duty = 0.5
+    t = _feed(pacer, 1.2, working_active=2, resting_active=1, t0=time.monotonic())
+    assert pacer.duty < 0.5
+    assert "busier while copying" in pacer.reason
+    t = _feed(pacer, 1.2, working_active=2, resting_active=1, t0=t)
+    cut = pacer.duty
+    _feed(pacer, 2.2, working_active=1, resting_active=1, t0=t)
+    assert pacer.duty > cut
+    assert "unaffected" in pacer.reason
+
+
+def test_pacer_runs_flat_out_when_no_other_session_is_active(db: Database) -> None:
+    """With only the job on the server the sampler finds nobody to slow down, and the duty goes to 100%."""
+    stop = threading.Event()
+    with Pacer(lambda: db.raw_connect(autocommit=True)) as pacer:
+        assert pacer.duty == pace.INITIAL_DUTY
+
+        def chunks() -> None:
+            while not stop.is_set():
+                with pacer.working():
+                    time.sleep(0.02)
+                pacer.rest(0.02, stop)
+
+        worker = threading.Thread(target=chunks, daemon=True)
+        worker.start()
+        try:
+            assert wait_until(lambda: pacer.duty == 1.0, timeout=5.0) is not None, pacer.describe()
+        finally:
+            stop.set()
+            worker.join(5)
+    assert "no other active sessions" in pacer.describe()
+
+
+def test_pacer_shortens_chunks_when_an_application_session_waits_on_the_jobs_lock(
+    db: Database, database_url: str
+) -> None:
+    """An app UPDATE blocked behind a row lock held by a migrator session halves the chunk time and the duty."""
+    with db.connect(autocommit=True) as setup:
+        setup.execute("CREATE TABLE public.pace_t (id int PRIMARY KEY, v int)")
+        setup.execute("INSERT INTO public.pace_t VALUES (1, 0)")
+    job = db.raw_connect()  # application_name migrator: the tool's own session
+    app = psycopg.connect(database_url, autocommit=True, application_name="app")
+    try:
+        job.execute("UPDATE public.pace_t SET v = 1 WHERE id = 1")  # holds the row lock, transaction open
+        blocked = threading.Thread(target=lambda: app.execute("UPDATE public.pace_t SET v = 2 WHERE id = 1"))
+        blocked.start()
+        with Pacer(lambda: db.raw_connect(autocommit=True)) as pacer:
+            with pacer.working():
+                assert wait_until(lambda: pacer.chunk_scale < 1.0, timeout=5.0) is not None, pacer.describe()
+            assert pacer.duty < pace.INITIAL_DUTY
+            assert "waited on the job's locks" in pacer.reason
+        job.rollback()
+        blocked.join(5)
+    finally:
+        job.close()
+        app.close()

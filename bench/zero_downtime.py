@@ -242,20 +242,29 @@ def run_load(
 
 
 def lifecycle_steps(spec: Spec, db: Database, args: argparse.Namespace) -> list[tuple[str, Callable[[], object]]]:
-    # A DBA caps the long jobs' rates on a busy primary (backfill, validate, the reverse backfill of a rollback
-    # from contracted) and keeps the backfill's chunks short: the caps leave CPU for the application on this
-    # 2-core box, short chunks keep its waits on a chunk's uncommitted rows short.
+    # At default settings the long jobs pace themselves (engine/pace.py); --tuned gives the hand-set caps a DBA
+    # would otherwise pick on this 2-core box, --full-speed the jobs without any pace.
+    if args.tuned:
+        args.backfill_rate, args.chunk_time, args.validate_rate, args.reverse_rate = 5000, 0.005, 50000, 5000
+    copy = backfill.Options(
+        max_rows_per_second=args.backfill_rate or None,
+        full_speed=args.full_speed,
+        **({"chunk_time": args.chunk_time} if args.chunk_time else {}),
+    )
+    check = validate.Options(max_rows_per_second=args.validate_rate or None)
+    if args.tuned:
+        check = validate.Options(workers=1, chunk_rows=10_000, max_rows_per_second=args.validate_rate)
     phases: list[Phase[Any]] = [
         Expand(),
-        Backfill(backfill.Options(max_rows_per_second=args.backfill_rate or None, chunk_time=args.chunk_time)),
-        Validate(validate.Options(workers=1, chunk_rows=10_000, max_rows_per_second=args.validate_rate or None)),
+        Backfill(copy),
+        Validate(check),
         SwitchReads(switch_reads.Options(percent=100)),
         SwitchWrites(),
         Contract(contract.Options(quiet_period=1.0, wait=60)),
     ]
     assert [p.name for p in phases] == list(lifecycle.PHASE_NAMES)
     ctx = Context(spec, db, reporter=NullReporter())
-    rollback_opts = RollbackOptions(max_rows_per_second=args.reverse_rate or None)
+    rollback_opts = RollbackOptions(max_rows_per_second=args.reverse_rate or None, full_speed=args.full_speed)
 
     def rb() -> object:
         return operations.rollback(ctx, opts=rollback_opts)
@@ -297,12 +306,19 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200.0, help="pgbench -R: transactions per second")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--baseline-seconds", type=int, default=30)
-    ap.add_argument("--backfill-rate", type=float, default=5000, help="backfill --max-rows-per-second (0: none)")
-    ap.add_argument("--chunk-time", type=float, default=0.005, help="backfill --chunk-time")
-    ap.add_argument("--validate-rate", type=float, default=50000, help="validate --max-rows-per-second (0: none)")
+    ap.add_argument("--backfill-rate", type=float, default=0, help="backfill --max-rows-per-second (0: none)")
+    ap.add_argument("--chunk-time", type=float, help="backfill --chunk-time (default: the backfill's)")
+    ap.add_argument("--validate-rate", type=float, default=0, help="validate --max-rows-per-second (0: none)")
     ap.add_argument(
-        "--reverse-rate", type=float, default=5000, help="rollback --max-rows-per-second, from contracted (0: none)"
+        "--reverse-rate", type=float, default=0, help="rollback --max-rows-per-second, from contracted (0: none)"
     )
+    ap.add_argument(
+        "--tuned",
+        action="store_true",
+        help="the hand-set caps of earlier sessions (backfill 5000 rows/s, 5 ms chunks, validate 50000 rows/s on one "
+        "worker, reverse 5000 rows/s) instead of the defaults",
+    )
+    ap.add_argument("--full-speed", action="store_true", help="the long jobs without the adaptive pace")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     pgbench = find_pgbench()
@@ -370,6 +386,7 @@ def main() -> None:
     result = {
         "rows": args.rows,
         "backfill_rate": args.backfill_rate,
+        "mode": "tuned" if args.tuned else "full_speed" if args.full_speed else "default",
         "rate": args.rate,
         "clients": args.clients,
         "baseline": {
@@ -405,7 +422,8 @@ def main() -> None:
         print(json.dumps(result))
     else:
         a, b = result["baseline"], result["migration"]
-        print(f"rows {args.rows:,}, pgbench -R {args.rate:g} -c {args.clients}")
+        mode = "hand-set caps (--tuned)" if args.tuned else "full speed" if args.full_speed else "default settings"
+        print(f"rows {args.rows:,}, pgbench -R {args.rate:g} -c {args.clients}, long jobs at {mode}")
         print(
             f"(a) baseline : {a['transactions']} tx, failed {a['failed']}, aborted clients {a['aborted']}, "
             f"p50 {a['p50_ms']} ms, p99 {a['p99_ms']} ms, max {a['max_ms']} ms"

@@ -89,6 +89,75 @@ def sql_script(text: str) -> None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
+def python_source(text: str) -> None:
+    """Generated Python (`migrator models`): highlighted on a terminal, as it is when redirected to a file."""
+    if out.is_terminal:
+        out.print(Syntax(text, "python", theme="ansi_dark", word_wrap=False))
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def measured_report(details: dict[str, Any]) -> None:
+    """`migrator report`: storage per relation and index, the query timings, the seed's claims with verdicts."""
+    rows: list[list[Any]] = []
+    for side in ("legacy", "split"):
+        for rel in details["storage"][side]["relations"]:
+            rows.append(
+                [
+                    side,
+                    rel["name"],
+                    rel["rows"],
+                    human_bytes(rel["heap"]),
+                    human_bytes(rel["toast"]),
+                    human_bytes(sum(rel["indexes"].values())),
+                    human_bytes(rel["total"]),
+                ]
+            )
+            rows += [["", f"  index {n}", None, "", "", human_bytes(b), ""] for n, b in rel["indexes"].items()]
+        s = details["storage"][side]
+        rows.append(
+            [
+                side,
+                "total",
+                None,
+                human_bytes(s["heap"]),
+                human_bytes(s["toast"]),
+                human_bytes(s["indexes"]),
+                human_bytes(s["total"]),
+            ]
+        )
+    table("storage", ["side", "relation", "rows (est.)", "heap", "TOAST", "indexes", "total"], rows)
+    table(
+        f"queries (median of {details['runs']} runs, ms)",
+        ["query", "legacy", "split", "change", "round trips", "split plan"],
+        [
+            [
+                q["name"],
+                q["legacy"]["median_ms"],
+                q["split"]["median_ms"],
+                f"{q['change_pct']:+.1f}%",
+                f"{q['legacy']['statements']} → {q['split']['statements']}",
+                "; ".join(q["split"]["scans"]),
+            ]
+            for q in details["queries"]
+        ],
+    )
+    colour = {"met": "green", "partly met": "yellow", "not met": "red"}
+    t = Table(title="the seed's expectations", title_justify="left")
+    for col in ("claim", "expected", "measured", "verdict"):
+        t.add_column(col)
+    for e in details["expectations"]:
+        t.add_row(
+            _escape(e["claim"]),
+            _escape(e["expected"]),
+            _escape(e["measured"]),
+            f"[{colour.get(e['verdict'], 'white')}]{_escape(e['verdict'])}[/]",
+        )
+    out.print(t)
+    for note in details.get("notes", []):
+        info(f"note: {note}")
+
+
 def markdown(text: str) -> None:
     if out.is_terminal:
         out.print(Markdown(text))
@@ -169,6 +238,8 @@ class ProgressReporter:
     def progress(self, done: int, total: int | None, **fields: Any) -> None:
         elapsed = max(time.monotonic() - self._started, 1e-6)
         rate = f"{done / elapsed:,.0f} rows/s"
+        if pace := fields.get("pace"):
+            rate += f" ({_escape(str(pace).split(':')[0])})"  # the duty; the reason is a step line when it changes
         if self._task is None:
             self._task = self._progress.add_task(self._description, total=total, rate=rate)
         self._progress.update(self._task, completed=done, total=total, rate=rate)

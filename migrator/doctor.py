@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import shutil
 import socket
 from collections.abc import Callable, Iterable, Iterator
@@ -19,12 +18,12 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from migrator import lifecycle, state
+from migrator import lifecycle, preflight, state
 from migrator.db import Database, scalar, table_exists
 from migrator.engine.session import set_local
 from migrator.errors import BadInputError, MigratorError, OperationalError
 from migrator.spec import Spec
-from migrator.sqlgen import names, triggers
+from migrator.sqlgen import dependents, names, triggers
 from migrator.sqlgen.compose import as_text, ident, load
 
 Status = Literal["ok", "warn", "fail"]
@@ -159,6 +158,8 @@ def _server_version(p: Probe) -> Found:
 
 
 def _legacy_table(p: Probe) -> Found:
+    if p.state is not None and lifecycle.stage(p.state.state).dropped:  # finalize dropped it
+        return (yield Finding("ok", f"the legacy table's archive {p.shown} was dropped by finalize"))
     if p.legacy is None:
         fix = "check [source] (schema, table) in the spec, or run `migrator seed` for the demo schema"
         yield Finding("fail", f"legacy table {p.shown} does not exist", fix)
@@ -182,8 +183,8 @@ def _primary_key(p: Probe) -> Found:
         fix = f"ALTER TABLE {p.legacy_name} ADD PRIMARY KEY ({_q(pk)}): migrator copies and compares rows by it"
         yield Finding("fail", f"{p.shown} has no primary key", fix)
     else:
-        fix = "set source.primary_key to the table's single-column primary key"
-        yield Finding("fail", f"{p.shown}'s primary key is ({', '.join(key)}); the spec says ({pk})", fix)
+        msg = f"{p.shown}'s primary key is ({', '.join(key)}); the spec says ({pk})"
+        yield Finding("fail", msg, "set source.primary_key to the table's single-column primary key")
 
 
 def _ownership(p: Probe) -> Found:
@@ -406,11 +407,13 @@ def _own_functions(spec: Spec) -> list[str]:
 
 def _name_collisions(p: Probe) -> Found:
     spec, schema, free = p.spec, p.spec.target_schema, []
+    # The tables migrator recorded as its own (preflight's rule): a kept one holds rows and is reused by a new expand.
+    ours = preflight.recorded_tables(p.conn, spec)
     for table in spec.split_tables():
         if not table_exists(p.conn, schema, table):
             free.append(f"{schema}.{table}")
-        elif p.expanded_before:
-            yield Finding("ok", f"{schema}.{table} exists: migrator's own (expand has run for this migration)")
+        elif table in ours:
+            yield Finding("ok", f"{schema}.{table} exists: migrator's own (recorded by an earlier expand)")
         elif scalar(p.conn, sql.SQL("SELECT EXISTS (SELECT FROM {})").format(ident(schema, table))):
             msg = f"{schema}.{table} already exists, holds rows and was not created by migrator: expand refuses it"
             yield Finding("fail", msg, "rename or drop it, or choose another table name in the spec")
@@ -434,23 +437,23 @@ def _name_collisions(p: Probe) -> Found:
         yield Finding("warn", msg, "drop or rename it if something else uses it, or rename the migration in the spec")
 
 
-def _word_pattern(name: str) -> str:
-    """A PostgreSQL regex matching `name` as a whole word (every non-word character escaped)."""
-    return r"\m" + re.sub(r"(\W)", r"\\\1", name) + r"\M"
-
-
 def _dependents(p: Probe) -> Found:
     spec = p.spec
-    params = {"table": p.legacy_name, "pattern": _word_pattern(spec.source.table), "schema": spec.state_schema,
-              "own": _own_functions(spec), "references": [_q(r.schema_, r.table) for r in spec.references]}  # fmt: skip
+    params = {"table": p.legacy_name, "pattern": dependents.name_pattern(spec), "own": _own_functions(spec),
+              "schema": spec.state_schema, "references": [_q(r.schema_, r.table) for r in spec.references]}  # fmt: skip
     if found := [r for r in p.rows("doctor_dependents", params) if not r["expected"]]:
         objects = _listed([f"{r['kind']} {r['name']}" for r in found], 8)
         msg = f"{len(found)} object(s) depend on {p.shown}: {objects}"
-        fix = "contract renames the legacy table: re-point each at the split tables (or keep them working with "
-        fix += "`contract --compat-view`); a foreign key belongs in the spec's [[references]]"
+        fix = "contract renames the legacy table: see below what it does with each (`contract --compat-view`)"
         yield Finding("warn", msg, fix, [f"{r['kind']} {r['name']}: {r['how']}" for r in found])
     else:
         yield Finding("ok", f"nothing but the spec's [[references]] depends on {p.shown}")
+    if p.state is None or not lifecycle.stage(p.state.state).archived:  # what contract will do with each
+        moved = [d for d in dependents.find(p.conn, spec) if d.handling != "note"]
+        refused = [d for d in moved if d.handling == "refuse"]
+        msg = f"contract re-points {len(moved) - len(refused)} of them (with --compat-view), refuses {len(refused)}"
+        todo = "fix each refused object as its line says before `migrator contract`" if refused else None
+        yield Finding("warn" if refused else "ok", msg, todo, [f"{d.handling}: {d.line()}" for d in moved])
 
 
 def _public_create(p: Probe) -> Found:
@@ -587,8 +590,7 @@ def run(
         except psycopg.Error as exc:
             fix = f"GRANT USAGE ON SCHEMA {_q(spec.state_schema)} and SELECT on its tables TO {p.q_role}"
             findings.append(Finding("warn", f"cannot read the migration state: {_first_line(exc)}", fix, [], "state"))
-        archived = p.state is not None and lifecycle.stage(p.state.state).archived
-        table = names.archive_name(spec) if archived else spec.source.table
+        table = names.archive_name(spec) if p.state and lifecycle.past_legacy(p.state.state) else spec.source.table
         p.legacy_name, p.shown = _q(spec.source.schema_, table), f"{spec.source.schema_}.{table}"
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             p.legacy = cur.execute(load("doctor_legacy_table"), {"table": p.legacy_name}).fetchone()

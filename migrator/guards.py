@@ -14,7 +14,7 @@ from psycopg import sql
 from migrator.db import Database
 from migrator.errors import GuardFailed
 from migrator.spec import Spec
-from migrator.sqlgen import names, views
+from migrator.sqlgen import ddl, names, views
 from migrator.sqlgen.compose import as_text, ident, render
 from migrator.verify.runner import run_validation
 
@@ -177,3 +177,32 @@ def wait_for_quiet(
                 on_wait(f"waiting for the {side} side to stay quiet for {quiet:.0f} s ({exc.message})")
                 announced = True
             time.sleep(1.0)
+
+
+def require_legacy_checks_hold(conn: psycopg.Connection[Any], spec: Spec, command: str = "rollback") -> None:
+    """Refuse `command` (the rollback from contracted) before any DDL while split rows exist that a CHECK of the
+    archived legacy table would refuse: the refill would fail part-way on them. Names each such constraint with
+    its first keys and how many rows break it. CHECKs over columns the spec does not cover cannot be evaluated on
+    the split side and are left to the refill."""
+    archived = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", [as_text(names.archive(spec))])
+    row = archived.fetchone()
+    table = names.archive(spec) if row and row[0] else names.source(spec)
+    covered = set(spec.legacy_columns())
+    broken = []
+    for check in ddl.table_checks(conn, table):
+        if not check.columns <= covered:
+            continue
+        keys_sql, count_sql = ddl.check_violations_sql(spec, check)
+        keys = [r[0] for r in conn.execute(keys_sql).fetchall()]
+        if keys:
+            total = int(conn.execute(count_sql).fetchone()[0])  # type: ignore[index]
+            more = f", … ({total:,} rows)" if total > len(keys) else f" ({total:,} row{'s' if total > 1 else ''})"
+            broken.append(f"{check.name}: {spec.pk} {', '.join(keys)}{more}")
+    if broken:
+        raise GuardFailed(
+            f"`{command}` refused: split rows that the legacy table's CHECK constraints refuse would stop the "
+            f"refill part-way — {'; '.join(broken)}",
+            hint=f"fix those rows in the split tables (or drop the constraint on {spec.source.schema_}."
+            f"{names.archive_name(spec)} if it no longer holds), then run `migrator {command}` again; nothing "
+            "was changed",
+        )

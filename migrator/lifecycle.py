@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from migrator.errors import BadInputError
+from migrator.errors import BadInputError, WrongState
 
 Side = Literal["legacy", "split"]
 
@@ -28,6 +28,18 @@ class Stage:
     split_complete: bool = False
     # The legacy table has been renamed to its archive.
     archived: bool = False
+    # The archive has been dropped: nothing is left to roll back to.
+    dropped: bool = False
+
+    @property
+    def past_legacy(self) -> bool:
+        """The legacy table is no longer under its name: archived, or dropped with its archive."""
+        return self.archived or self.dropped
+
+    @property
+    def reversible(self) -> bool:
+        """Whether `rollback` can leave this state."""
+        return not self.dropped
 
 
 STAGES: tuple[Stage, ...] = (
@@ -45,12 +57,24 @@ STAGES: tuple[Stage, ...] = (
         split_complete=True,
     ),
     Stage("contracted", "contract", "split", "split", "none; legacy archived", archived=True),
+    Stage(
+        "finalized",
+        "finalize",
+        "split",
+        "split",
+        "none; archive dropped, key sequence owned by the base table",
+        dropped=True,
+    ),
 )
 
 STATES: tuple[str, ...] = tuple(s.state for s in STAGES)
 START = STATES[0]
 # The phases, in order: the commands that move the migration forward.
 PHASE_NAMES: tuple[str, ...] = tuple(s.enter for s in STAGES if s.enter is not None)
+# The last state a rollback can leave, and every state up to it: what `rollback --to`, rehearse and the
+# advance-rollback-advance tests walk.
+LAST_REVERSIBLE = [s.state for s in STAGES if s.reversible][-1]
+REVERSIBLE: tuple[str, ...] = STATES[: STATES.index(LAST_REVERSIBLE) + 1]
 READS_SPLIT = frozenset(s.state for s in STAGES if s.reads == "split")
 WRITES_SPLIT = frozenset(s.state for s in STAGES if s.writes == "split")
 
@@ -74,8 +98,22 @@ def next_command(state: str) -> str | None:
     return STAGES[i + 1].enter if i + 1 < len(STAGES) else None
 
 
+NO_ROLLBACK = "no rollback from {state}: the archive is gone"
+
+
+def require_reversible(state: str) -> None:
+    """Refuse, plainly, a rollback from a state that has none (exit 1)."""
+    if not stage(state).reversible:
+        raise WrongState(
+            NO_ROLLBACK.format(state=state),
+            hint="the split tables are the only copy of the data now; restore a backup (or the `finalize --dump` "
+            "file) to go back",
+        )
+
+
 def previous(state: str) -> str | None:
-    """The state a rollback from `state` returns to (None at the start)."""
+    """The state a rollback from `state` returns to (None at the start); refuses a state with no rollback."""
+    require_reversible(state)
     i = index(state)
     return STATES[i - 1] if i > 0 else None
 
@@ -89,15 +127,20 @@ def entered_by(phase: str) -> str:
 
 
 def left_by(phase: str) -> str:
-    """The state the phase `phase` starts from."""
-    prev = previous(entered_by(phase))
-    assert prev is not None
-    return prev
+    """The state the phase `phase` starts from (and, where it has one, the one its rollback returns to)."""
+    i = index(entered_by(phase))
+    assert i > 0
+    return STATES[i - 1]
 
 
 def between(first: str, last: str) -> tuple[str, ...]:
     """The states from `first` to `last`, both included, in lifecycle order."""
     return STATES[index(first) : index(last) + 1]
+
+
+def past_legacy(state: str) -> bool:
+    """The legacy table is no longer under its name in `state` (archived, or dropped with its archive)."""
+    return stage(state).past_legacy
 
 
 def reads_split(state: str) -> bool:

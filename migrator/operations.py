@@ -13,13 +13,14 @@ from migrator.phases.backfill import Backfill
 from migrator.phases.base import Phase, RollbackOptions
 from migrator.phases.contract import Contract
 from migrator.phases.expand import Expand
+from migrator.phases.finalize import Finalize
 from migrator.phases.switch_reads import SwitchReads
 from migrator.phases.switch_writes import SwitchWrites
 from migrator.phases.validate import Validate
 from migrator.spec import Spec
 
 _CLASSES: dict[str, type[Phase[Any]]] = {
-    cls.name: cls for cls in (Expand, Backfill, Validate, SwitchReads, SwitchWrites, Contract)
+    cls.name: cls for cls in (Expand, Backfill, Validate, SwitchReads, SwitchWrites, Contract, Finalize)
 }
 # Every phase, in lifecycle order (the table decides the order; this only finds each name's class).
 PHASES: dict[str, type[Phase[Any]]] = {name: _CLASSES[name] for name in lifecycle.PHASE_NAMES}
@@ -62,6 +63,7 @@ def rollback(ctx: Context, to: str | None = None, opts: RollbackOptions | None =
     if to is not None:
         lifecycle.stage(to)  # BadInputError naming the states when `to` is not one
     current = current_state(ctx)
+    lifecycle.require_reversible(current)  # finalized: "no rollback from finalized: the archive is gone"
     if current == lifecycle.START:
         raise WrongState(
             f"the migration is in {current}: there is nothing to roll back",

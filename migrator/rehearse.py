@@ -1,7 +1,8 @@
 """rehearse: restore a pg_dump snapshot into a throwaway database and run the whole lifecycle on it — every forward
 phase through contract, every rollback one state at a time back to the start (the one from contracted included),
-and every phase again — with the real guards, validating after every step where the split side is complete. What
-CI runs on a copy of production before a release: a green rehearsal means a real run's guards pass on that data.
+every phase again, and finalize last (it has no rollback) — with the real guards, validating after every step
+where the split side is complete. What CI runs on a copy of production before a release: a green rehearsal means
+a real run's guards pass on that data.
 
 What differs from a real run is said in the report's `notes`: the quiet periods are shortened (the rehearsal
 cannot wait a minute per guard), validate accepts the quarantine (and reports how many rows), and a synthetic writer
@@ -26,7 +27,7 @@ from migrator import demo, lifecycle, operations, state, status
 from migrator.db import Database
 from migrator.engine.context import Context, NullReporter, Reporter
 from migrator.errors import MigratorError
-from migrator.phases import contract, switch_reads, validate
+from migrator.phases import contract, finalize, switch_reads, validate
 from migrator.phases.base import Phase, RollbackOptions
 from migrator.phases.validate import Validate
 from migrator.snapshots import SnapshotInfo, inspect_snapshot, restore, throwaway_database
@@ -271,20 +272,27 @@ def rehearsal_phase(name: str, settings: Settings = DEFAULT_SETTINGS) -> Phase[A
         )
     if cls.options_type is switch_reads.Options:
         return cls(switch_reads.Options(percent=100))
+    if cls.options_type is finalize.Options:
+        # The retention period is a real run's wait; the quiet period on the compatibility view is rehearsed.
+        return cls(finalize.Options(min_age=0, quiet_period=settings.quiet_period, wait=settings.wait))
     return cls()
 
 
 def default_steps(
     until: str = REHEARSE_UNTIL, settings: Settings = DEFAULT_SETTINGS, *, again: bool = True
 ) -> tuple[Step, ...]:
-    """Forward from the start to `until`, back one state at a time to the start, and (with `again`) forward again:
-    every phase and every rollback on the way, in lifecycle order."""
+    """Forward from the start to `until` (as far as a rollback can come back from), back one state at a time to
+    the start, and (with `again`) forward again: every phase and every rollback on the way, in lifecycle order.
+    With `again`, the phases past the last state a rollback leaves (finalize) end the rehearsal, once."""
     states = lifecycle.between(lifecycle.START, until)
-    phases = [p for p in (lifecycle.stage(s).enter for s in states[1:]) if p]
+    reversible = [s for s in states if s in lifecycle.REVERSIBLE]
+    phases = [p for p in (lifecycle.stage(s).enter for s in reversible[1:]) if p]
+    final = [p for p in (lifecycle.stage(s).enter for s in states[len(reversible) :]) if p]
     forward = [advance(rehearsal_phase(p, settings)) for p in phases]
-    back = [back_to(s, settings.rollback_options()) for s in reversed(states[:-1])]
+    back = [back_to(s, settings.rollback_options()) for s in reversed(reversible[:-1])]
     forward_again = [advance(rehearsal_phase(p, settings), again=True) for p in phases] if again else []
-    return (*forward, *back, *forward_again)
+    last = [advance(rehearsal_phase(p, settings)) for p in final] if again else []
+    return (*forward, *back, *forward_again, *last)
 
 
 DEFAULT_STEPS: tuple[Step, ...] = default_steps()
@@ -407,6 +415,8 @@ def _rehearse(
         return
     r = Rehearsal(Context(spec, db, reporter=reporter), settings)
     result.notes = r.notes
+    if any(s.name == "finalize" for s in steps):
+        r.note("finalize ran with --min-age 0 (a real run keeps the archive for 7 days after contract by default)")
     r.note(
         f"quiet periods shortened to {settings.quiet_period:g} s (a real run's default: {REAL_QUIET_PERIOD:g} s) "
         f"for contract and for the rollback that removes the reverse sync, each checked for up to "

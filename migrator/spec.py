@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -64,11 +64,26 @@ class DefaultValue(_Model):
 
 
 class ColumnSpec(_Model):
-    """One column of a split table. `name = "date"` is short for `name = { type = "date" }`."""
+    """One column of a split table. `name = "date"` is short for `name = { type = "date" }`.
+
+    `generated` is the expression of a legacy column GENERATED ALWAYS AS (…) STORED, as the catalog renders it
+    (`migrator plan --infer-spec` writes it; the spec check compares it with the legacy table's before any DDL).
+    The syncs and copies never write such a column. When every column its expression uses lands in the table that
+    lists it, the split table gets the same generated column; otherwise it is computed where the split side is read
+    as legacy rows (the compatibility view, validation)."""
 
     type: str
     required: bool = False
     on_missing: Literal["quarantine"] | DefaultValue = "quarantine"
+    generated: str | None = None
+
+    @field_validator("generated")
+    @classmethod
+    def _expression(cls, v: str | None) -> str | None:
+        # Written into DDL and views as it stands: one expression, nothing that could end a statement or a comment.
+        if v is not None and (not v.strip() or ";" in _without_literals(v) or "--" in v or "/*" in v):
+            raise ValueError(f"{v!r} is not one expression; copy the legacy column's GENERATED ALWAYS AS (…) text")
+        return v
 
     @field_validator("type")
     @classmethod
@@ -82,6 +97,23 @@ class ColumnSpec(_Model):
         return v
 
 
+def _without_literals(expr: str) -> str:
+    return re.sub(r"'(?:[^']|'')*'", "''", expr)
+
+
+_EXPR_IDENT = re.compile(r'"((?:[^"]|"")+)"|\b([A-Za-z_][A-Za-z0-9_$]*)\b')
+
+
+def expression_columns(expr: str, candidates: Iterable[str]) -> set[str]:
+    """The candidate column names an expression mentions (quoted names exactly, others folded to lower case);
+    string literals are skipped. A function name equal to a column name counts too, which only errs towards
+    computing the column in the view."""
+    found: set[str] = set()
+    for quoted, bare in _EXPR_IDENT.findall(_without_literals(expr)):
+        found.add(quoted.replace('""', '"') if quoted else bare.lower())
+    return found & set(candidates)
+
+
 def _column_shorthand(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: ({"type": c} if isinstance(c, str) else c) for k, c in value.items()}
@@ -89,6 +121,11 @@ def _column_shorthand(value: Any) -> Any:
 
 
 Columns = Annotated[dict[str, ColumnSpec], BeforeValidator(_column_shorthand)]
+
+
+def written(columns: dict[str, ColumnSpec]) -> dict[str, ColumnSpec]:
+    """The columns a sync or copy writes: every listed column but the generated ones."""
+    return {c: cs for c, cs in columns.items() if cs.generated is None}
 
 
 class Source(_Model):
@@ -217,6 +254,29 @@ class Spec(_Model):
             cols.extend(self.meta.columns)
         return cols
 
+    def written_legacy_columns(self) -> list[str]:
+        """legacy_columns() without the generated ones: what the syncs and copies write to legacy."""
+        generated = {c for _, _, c, cs in self.iter_columns() if cs.generated is not None}
+        return [c for c in self.legacy_columns() if c not in generated]
+
+    def computed(self) -> dict[str, str]:
+        """Generated columns that no split table can hold (their expression uses columns of another table or of
+        the meta table): column -> expression, computed where the split side is read as legacy rows."""
+        out = {}
+        tables = [(self.base.columns, {self.pk, *self.base.columns})]
+        tables += [(v.columns, set(v.columns)) for v in self.variants]
+        every = self.legacy_columns()
+        for columns, home in tables:
+            for col, cs in columns.items():
+                if cs.generated is not None and not expression_columns(cs.generated, every) <= home - {col}:
+                    out[col] = cs.generated
+        return out
+
+    def stored(self, columns: dict[str, ColumnSpec]) -> dict[str, ColumnSpec]:
+        """A split table's listed columns that it holds (all but the computed generated ones)."""
+        computed = self.computed()
+        return {c: cs for c, cs in columns.items() if c not in computed}
+
     def iter_columns(self) -> Iterator[tuple[str, str, str, ColumnSpec]]:
         """(path, table, column, spec) for every non-key column of every split table."""
         for col, cs in self.base.columns.items():
@@ -321,6 +381,15 @@ def _structure_problems(spec: Spec) -> Iterator[Problem]:  # noqa: PLR0912 — o
         for col, cs in m.columns.items():
             if cs.required:
                 yield Problem(f"meta.columns.{col}", "meta columns cannot be required", "drop `required`")
+            if cs.generated is not None:
+                yield Problem(
+                    f"meta.columns.{col}", "a generated column cannot be a meta column", "list it in [base.columns]"
+                )
+    for path, _, col, cs in spec.iter_columns():
+        if cs.generated is not None and cs.required:
+            yield Problem(path, f"generated column {col!r} cannot be required", "drop `required`")
+        if cs.generated is not None and col == spec.source.discriminator:
+            yield Problem(path, "the discriminator cannot be a generated column", "choose another discriminator")
     for i, fk in enumerate(spec.base.foreign_keys):
         if fk.column not in base_cols:
             yield Problem(
@@ -342,9 +411,9 @@ def _structure_problems(spec: Spec) -> Iterator[Problem]:  # noqa: PLR0912 — o
 
 def split_table_columns(spec: Spec) -> dict[str, set[str]]:
     """Every split table's full column set, keys included."""
-    out = {spec.base.table: {spec.pk, *spec.base.columns}}
+    out = {spec.base.table: {spec.pk, *spec.stored(spec.base.columns)}}
     for v in spec.variants:
-        out[v.table] = {spec.base.link_column, *v.columns}
+        out[v.table] = {spec.base.link_column, *spec.stored(v.columns)}
     if spec.meta:
         m = spec.meta
         out[m.table] = {m.id_column, spec.base.link_column, m.key_column, m.value_column}

@@ -78,7 +78,7 @@ def require(current: State, allowed: tuple[str, ...], command: str) -> None:
         return
     nxt = next_command(current.state)
     want = " or ".join(allowed)
-    hint = f"run `migrator {nxt}` next" if nxt else "the migration is complete; `migrator rollback` goes back"
+    hint = f"run `migrator {nxt}` next" if nxt else "the migration is complete; there is no rollback from it"
     raise WrongState(f"`{command}` needs state {want}; the migration is in {current.state}", hint=hint)
 
 
@@ -161,10 +161,13 @@ def describe_progress(progress: dict[str, Any]) -> str:
 
 
 # What undoes a transition interrupted part-way, by the command that recorded the progress: a `rollback` from the
-# state it started in runs these first. Contract is the only forward transition that commits steps before its
-# state change (its swap commits with the state): the foreign keys it re-pointed at the base table go back.
+# state it started in runs these first. Contract and finalize commit steps before their state change (each one's
+# last step commits with the state): contract's re-pointed foreign keys go back to the legacy table.
 UNDO_INTERRUPTED: dict[str, Callable[[Spec, Conn], list[Action]]] = {
     "contract": lambda spec, conn: repoint.repoint_actions(spec, conn, "base", only_existing=True),
+    # finalize's steps before its last (the compatibility view, the sync functions and counters dropped) are what
+    # the rollback from contracted re-creates anyway: nothing to undo but the progress.
+    "finalize": lambda spec, conn: [],
 }
 
 

@@ -44,6 +44,8 @@ class Status:
     # and the progress itself ({"command", "from", "steps", "done"}); None when nothing is in flight.
     interrupted: str | None = None
     progress: dict[str, Any] | None = None
+    # Where `rollback` cannot go back from here, why ("no rollback from finalized: the archive is gone").
+    no_rollback: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +66,18 @@ def _table_status(conn: psycopg.Connection[Any], role: str, schema: str, table: 
         return TableStatus(role, qualified, True, max(int(estimate), 0), False, int(size))
 
 
+def _legacy_status(conn: psycopg.Connection[Any], spec: Spec, stage: lifecycle.Stage) -> TableStatus:
+    """The legacy table's row: the table, its archive once contracted, or the archive's absence once dropped."""
+    schema, archive_name = spec.source.schema_, names.archive_name(spec)
+    if stage.dropped:
+        return TableStatus("legacy (dropped)", f"{schema}.{archive_name}", exists=False)
+    if stage.archived:
+        archive = _table_status(conn, "legacy (archived)", schema, archive_name)
+        # An interrupted rollback already renamed the archive back: the legacy table is what is there.
+        return archive if archive.exists else _table_status(conn, "legacy (restored)", schema, spec.source.table)
+    return _table_status(conn, "legacy", schema, spec.source.table)
+
+
 def collect(db: Database, spec: Spec) -> Status:
     with db.connect(autocommit=True) as conn:
         st = state.read(conn, spec)
@@ -82,16 +96,10 @@ def collect(db: Database, spec: Spec) -> Status:
             result.progress, result.interrupted = progress, state.describe_progress(progress)
             # What finishes it comes next (in contracted, where no forward command is left: the rollback).
             result.next_command = str(progress.get("command") or result.next_command)
-        archive = None
-        if lifecycle.stage(st.state).archived:
-            archive = _table_status(conn, "legacy (archived)", spec.source.schema_, names.archive_name(spec))
-        if archive is not None and archive.exists:
-            result.tables.append(archive)
-        elif archive is not None:
-            # An interrupted rollback already renamed the archive back: the legacy table is what is there.
-            result.tables.append(_table_status(conn, "legacy (restored)", spec.source.schema_, spec.source.table))
-        else:
-            result.tables.append(_table_status(conn, "legacy", spec.source.schema_, spec.source.table))
+        stage = lifecycle.stage(st.state)
+        if not stage.reversible:
+            result.no_rollback = lifecycle.NO_ROLLBACK.format(state=st.state)
+        result.tables.append(_legacy_status(conn, spec, stage))
         result.tables.append(_table_status(conn, "base", spec.target_schema, spec.base.table))
         for v in spec.variants:
             result.tables.append(_table_status(conn, f"variant {v.when}", spec.target_schema, v.table))

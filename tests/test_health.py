@@ -1,11 +1,15 @@
-"""Health-driven pacing (issue 20, first part): a real backfill pauses while a health signal is red — a held old
-transaction, a replication slot retaining WAL, a signal that cannot be read — and resumes when it clears."""
+"""Health-driven pacing (issue 20): a real backfill, validate and reverse backfill pause while a health signal is
+red — a held old transaction, a replication slot retaining WAL, a signal that cannot be read — and resume when it
+clears; the limits are options of every long job."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -15,13 +19,16 @@ from migrator.db import Database
 from migrator.engine import health
 from migrator.engine.context import Context
 from migrator.engine.health import Limits
-from migrator.phases import backfill
+from migrator.phases import backfill, contract, switch_reads, validate
 from migrator.phases.backfill import Backfill
+from migrator.phases.base import RollbackOptions
+from migrator.phases.contract import Contract
 from migrator.phases.expand import Expand
+from migrator.phases.switch_reads import SwitchReads
+from migrator.phases.switch_writes import SwitchWrites
+from migrator.phases.validate import Validate
 from migrator.seed import seed
 from migrator.spec import Spec
-
-pytestmark = pytest.mark.db
 
 
 class Collect:
@@ -38,18 +45,32 @@ class Collect:
         self.rows = done
 
 
-def _start(db: Database, spec: Spec, limits: Limits) -> tuple[threading.Thread, Collect, list[BaseException]]:
+def _start(
+    db: Database, spec: Spec, limits: Limits, job: Callable[[Context], None] | None = None
+) -> tuple[threading.Thread, Collect, list[BaseException]]:
+    """Run `job` (default: a backfill with these limits) in a thread, collecting its reporter's output."""
     reporter, errors = Collect(), []
+    job = job or Backfill(backfill.Options(health=limits, batch_size=200)).apply
 
     def run() -> None:
         try:
-            Backfill(backfill.Options(health=limits, batch_size=200)).apply(Context(spec, db, reporter=reporter))
+            job(Context(spec, db, reporter=reporter))
         except BaseException as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, reporter, errors
+
+
+@pytest.fixture
+def holder(database_url: str) -> Any:
+    """A session whose transaction is already older than one second (a limit of 1 s is then red at once)."""
+    conn = psycopg.connect(database_url)
+    conn.execute("SELECT pg_catalog.txid_current()")
+    time.sleep(1.2)
+    yield conn
+    conn.close()
 
 
 @pytest.fixture
@@ -74,6 +95,7 @@ def _paused_then_done(thread: threading.Thread, reporter: Collect, errors: list[
     assert any(s.startswith("health green again") for s in reporter.steps)
 
 
+@pytest.mark.db
 def test_an_old_transaction_pauses_the_backfill(expanded: Database, projects_spec: Spec, database_url: str) -> None:
     """A transaction open longer than the limit holds the copy; once it ends, the copy runs to the end."""
     holder = psycopg.connect(database_url)
@@ -87,6 +109,7 @@ def test_an_old_transaction_pauses_the_backfill(expanded: Database, projects_spe
         holder.close()
 
 
+@pytest.mark.db
 def test_a_slot_retaining_wal_pauses_the_backfill(expanded: Database, projects_spec: Spec) -> None:
     """A replication slot holding more WAL than the limit holds the copy; once it is dropped, the copy resumes."""
     slot = f"mt_{uuid.uuid4().hex[:10]}"
@@ -111,6 +134,7 @@ def test_a_slot_retaining_wal_pauses_the_backfill(expanded: Database, projects_s
             )
 
 
+@pytest.mark.db
 def test_an_unreadable_signal_fails_closed_unless_told_otherwise(
     expanded: Database, projects_spec: Spec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -129,3 +153,124 @@ def test_an_unreadable_signal_fails_closed_unless_told_otherwise(
     thread.join(120)
     assert errors == []
     assert any("cannot be read" in s and "--health-fail-open" in s for s in reporter.steps)
+
+
+# -- the limits as options of every long job -------------------------------------------------------------------
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("command", ["backfill", "validate", "rollback"])
+def test_every_long_job_shows_the_health_options_with_their_defaults(run_cli: Any, command: str) -> None:
+    """backfill, validate and rollback each take the health limits, and --help shows each default."""
+    r = run_cli(command, "--help")
+    assert r.exit_code == 0
+    text = " ".join(r.stdout.split())
+    for option, default in [
+        ("--max-transaction-age", "300.0"),
+        ("--max-replica-lag-bytes", "1GiB"),
+        ("--max-replica-lag-seconds", "30.0"),
+    ]:
+        assert option in text
+        assert f"[default: {default}" in text.split(option, 1)[1][:300], option
+    assert "--health-fail-open" in text
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--max-replica-lag-bytes", "12XB"],
+        ["--max-replica-lag-bytes", "0"],
+        ["--max-transaction-age", "0"],
+        ["--max-replica-lag-seconds", "nan"],
+    ],
+)
+def test_an_invalid_health_limit_exits_2(run_cli: Any, args: list[str]) -> None:
+    """A limit that is not a positive size or number is bad input (exit 2), before any connection."""
+    r = run_cli("--dsn", "postgresql://nobody@127.0.0.1:1/x", "backfill", *args)
+    assert r.exit_code == 2
+    assert args[0] in r.stderr
+
+
+@pytest.mark.db
+def test_the_cli_limit_reaches_the_backfill(
+    expanded: Database, database_url: str, migrator_exe: str, holder: psycopg.Connection[Any]
+) -> None:
+    """`backfill --max-transaction-age 1` pauses behind a held transaction, then finishes once it ends."""
+    proc = subprocess.Popen(
+        [migrator_exe, "--json", "--dsn", database_url, "backfill", "--max-transaction-age", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        events = []
+        for line in proc.stdout:
+            events.append(json.loads(line))
+            if events[-1].get("message", "").startswith("paused:"):
+                break
+        assert "open longer than 1 s" in events[-1]["message"]
+        assert not [e for e in events if e.get("event") == "progress"]
+        holder.commit()
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["state"] == "backfilled"
+    assert any("health green again" in json.loads(line).get("message", "") for line in out.splitlines())
+
+
+@pytest.fixture
+def backfilled(expanded: Database, projects_spec: Spec) -> Database:
+    """3,000 rows expanded and backfilled."""
+    Backfill().apply(Context(projects_spec, expanded))
+    return expanded
+
+
+@pytest.mark.db
+def test_an_old_transaction_pauses_validate_and_the_pause_is_audited(
+    backfilled: Database, projects_spec: Spec, holder: psycopg.Connection[Any]
+) -> None:
+    """Validate waits before its first chunk while a transaction is too old, then passes; the audit row says so."""
+    job = Validate(validate.Options(health=Limits(max_transaction_age=1.0), chunk_rows=500)).apply
+    thread, reporter, errors = _start(backfilled, projects_spec, Limits(), job)
+    _paused_then_done(thread, reporter, errors, holder.commit)
+    with backfilled.connect(autocommit=True) as c:
+        row = c.execute(
+            "SELECT details FROM migrator.transitions WHERE command = 'validate' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    assert row is not None
+    assert row[0]["health_pauses"] >= 1
+    assert row[0]["health_paused_seconds"] >= 1.0
+
+
+@pytest.mark.db
+def test_an_old_transaction_pauses_the_reverse_backfill(
+    backfilled: Database, projects_spec: Spec, database_url: str
+) -> None:
+    """Rollback from contracted waits in its reverse backfill while a transaction is too old, then completes."""
+    ctx = Context(projects_spec, backfilled)
+    Validate().apply(ctx)
+    SwitchReads(switch_reads.Options(percent=100)).apply(ctx)
+    SwitchWrites().apply(ctx)
+    Contract(contract.Options(quiet_period=0)).apply(ctx)
+    holder = psycopg.connect(database_url)
+    try:
+        holder.execute("SELECT pg_catalog.txid_current()")
+        time.sleep(1.2)
+        opts = RollbackOptions(quiet_period=0, health=Limits(max_transaction_age=1.0))
+        thread, reporter, errors = _start(backfilled, projects_spec, Limits(), lambda c: Contract().rollback(c, opts))
+        time.sleep(2.5)
+        assert thread.is_alive()
+        assert any(s.startswith("paused:") and "open longer than 1 s" in s for s in reporter.steps)
+        assert not any(s.startswith("reverse backfill:") for s in reporter.steps)
+        holder.commit()
+        thread.join(120)
+        assert errors == []
+        assert any(s.startswith("health green again") for s in reporter.steps)
+        assert any(s.startswith("reverse backfill:") for s in reporter.steps)
+    finally:
+        holder.close()

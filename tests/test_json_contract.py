@@ -42,6 +42,12 @@ CASES: dict[str, tuple[str, str]] = {
     "demo": ("tests/test_cli.py::test_demo_uses_the_database_given_and_prints_it", "test_demo_refusal"),
     "embedded": ("test_embedded", "test_embedded"),
     "doctor": ("test_doctor", "test_doctor"),
+    "models": ("tests/test_modelgen.py::test_models_command_json", "tests/test_modelgen.py::test_models_command_json"),
+    "report": ("tests/test_report.py::test_report_command_json", "tests/test_report.py::test_report_command_json"),
+    "infer-spec": (
+        "tests/test_infer.py::test_infer_spec_command_output_passes_plan",
+        "tests/test_infer.py::test_inferred_orders_spec_passes_plan",
+    ),
 }
 
 

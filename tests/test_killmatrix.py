@@ -30,10 +30,11 @@ from migrator.db import Database
 from migrator.engine import actions
 from migrator.engine.context import Context
 from migrator.errors import GuardFailed, WrongState
-from migrator.phases import contract
+from migrator.phases import contract, finalize
 from migrator.phases.base import RollbackOptions
 from migrator.phases.contract import Contract
 from migrator.phases.expand import Expand
+from migrator.phases.finalize import Finalize
 from migrator.phases.switch_writes import SwitchWrites
 from migrator.seed import seed
 from migrator.spec import Spec, load_spec
@@ -45,6 +46,7 @@ pytestmark = pytest.mark.db
 
 ROWS = 300
 CONTRACT = Contract(contract.Options(quiet_period=0, compat_view=True))
+FINALIZE = Finalize(finalize.Options(min_age=0, quiet_period=0))
 
 
 def _rollback_options() -> RollbackOptions:
@@ -382,6 +384,59 @@ def test_contracted_rollback_rerun_after_its_validation_refused(
     assert [t.role for t in st.tables][:1] == ["legacy (restored)"]
     assert _rollback(db, projects_spec) == [("contracted", "write_new")]
     _check(db, projects_spec, "write_new", "after the refused validation")
+
+
+# -- finalize -----------------------------------------------------------------------------------------------
+
+
+def _check_finalized(db: Database, spec: Spec, where: str) -> None:
+    """finalized, nothing in flight, the archive gone, and an insert without an id gets a new key."""
+    with db.connect(autocommit=True) as c:
+        assert state.read(c, spec).state == "finalized", where
+        assert state.read_progress(c, spec) is None, where
+        new = c.execute(
+            "INSERT INTO public.projects (name, project_type, owner_id, is_draft, created_at, updated_at) "
+            "VALUES ('after finalize', 'school', (SELECT min(id) FROM public.auth_user), true, now(), now()) "
+            "RETURNING id"
+        ).fetchone()[0]  # type: ignore[index]
+        assert new > c.execute("SELECT max(id) FROM public.projects WHERE id <> %s", [new]).fetchone()[0], where  # type: ignore[index]
+    report = FINALIZE.verify(Context(spec, db))
+    assert report.ok, f"{where}: {report.failures}"
+
+
+def test_finalize_killed_then_rerun(copy_of: Callable[[str], Database], projects_spec: Spec) -> None:
+    """finalize killed at each kill point: status says so, a second `finalize` ends in finalized; killed after its
+    last statement, it is finalized already and a second run is a no-op."""
+    total, committed = _boundaries(lambda: FINALIZE.apply(Context(projects_spec, copy_of("contracted"))))
+    for k in _points(total, committed):
+        db = copy_of("contracted")
+        ctx, where = Context(projects_spec, db), f"finalize killed after statement {k} of {total}"
+        assert _run_killed(k, lambda: FINALIZE.apply(ctx)), where  # noqa: B023 — called at once
+        now, progress = _state_and_progress(db, projects_spec)
+        # The archive goes with the state change: finalized only after the very last statement.
+        assert now == ("finalized" if k == total else "contracted"), where
+        if progress is not None:
+            st = status.collect(db, projects_spec)
+            assert (st.interrupted or "").startswith("finalize interrupted after step"), where
+            assert st.next_command == "finalize", where
+        again = Finalize(FINALIZE.options)
+        again.apply(ctx)
+        assert again.noop == (k == total), where
+        _check_finalized(db, projects_spec, where)
+        db.dispose()
+
+
+def test_finalize_killed_then_rolled_back(copy_of: Callable[[str], Database], projects_spec: Spec) -> None:
+    """finalize killed after each commit but its last (the view and the sync functions dropped, the archive
+    still there): `rollback` reaches write_new, legacy equal to split, every write kept."""
+    _, commits = _boundaries(lambda: FINALIZE.apply(Context(projects_spec, copy_of("contracted"))))
+    for k in commits[:-1]:
+        db = copy_of("contracted")
+        ctx, where = Context(projects_spec, db), f"finalize killed after statement {k}, then rollback"
+        assert _run_killed(k, lambda: FINALIZE.apply(ctx)), where  # noqa: B023 — called at once
+        assert operations.rollback(ctx, None, _rollback_options()) == [("contracted", "write_new")], where
+        _check(db, projects_spec, "write_new", where)
+        db.dispose()
 
 
 # -- expand and switch-writes -----------------------------------------------------

@@ -3,14 +3,18 @@ busier while the job works, shorter chunks when application sessions wait on the
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from typing import Any
 
 import psycopg
+import pytest
 
 from migrator.db import Database
 from migrator.engine import pace
 from migrator.engine.pace import Pacer
+from migrator.seed import seed
 from tests.helpers import wait_until
 
 
@@ -29,6 +33,7 @@ def _feed(pacer: Pacer, seconds: float, working_active: int, resting_active: int
     return t
 
 
+@pytest.mark.unit
 def test_pacer_cuts_the_duty_when_the_application_is_busier_while_the_job_works() -> None:
     """Twice as many active app sessions during chunks as between them lowers the duty; equal counts raise it."""
     pacer = Pacer(None)
@@ -43,6 +48,7 @@ def test_pacer_cuts_the_duty_when_the_application_is_busier_while_the_job_works(
     assert "unaffected" in pacer.reason
 
 
+@pytest.mark.db
 def test_pacer_runs_flat_out_when_no_other_session_is_active(db: Database) -> None:
     """With only the job on the server the sampler finds nobody to slow down, and the duty goes to 100%."""
     stop = threading.Event()
@@ -65,6 +71,7 @@ def test_pacer_runs_flat_out_when_no_other_session_is_active(db: Database) -> No
     assert "no other active sessions" in pacer.describe()
 
 
+@pytest.mark.db
 def test_pacer_shortens_chunks_when_an_application_session_waits_on_the_jobs_lock(
     db: Database, database_url: str
 ) -> None:
@@ -88,3 +95,16 @@ def test_pacer_shortens_chunks_when_an_application_session_waits_on_the_jobs_loc
     finally:
         job.close()
         app.close()
+
+
+@pytest.mark.db
+def test_backfill_reports_its_pace_and_full_speed_turns_it_off(db: Database, database_url: str, run_cli: Any) -> None:
+    """Each JSON progress line of a backfill carries the pace; with --full-speed it says the pace is off."""
+    with db.connect() as c:
+        seed(c, 2_000, dirty_ratio=0.0, random_seed=5)
+    assert run_cli("--dsn", database_url, "--yes", "expand").exit_code == 0
+    r = run_cli("--dsn", database_url, "--json", "backfill", "--full-speed")
+    assert r.exit_code == 0, r.stderr
+    paces = [e["pace"] for e in map(json.loads, r.stdout.splitlines()) if e.get("event") == "progress"]
+    assert paces
+    assert set(paces) == {"duty 100%: full speed (--full-speed)"}

@@ -28,6 +28,8 @@ LAYERS: list[tuple[str, int]] = [
     ("migrator.db", 1),
     ("migrator.sqlgen", 2),
     ("migrator.engine", 2),
+    ("migrator.metrics", 2),
+    ("migrator.hooks", 2),
     ("migrator.state", 3),
     ("migrator.seed", 3),
     ("migrator.runbooks", 3),
@@ -37,15 +39,18 @@ LAYERS: list[tuple[str, int]] = [
     ("migrator.doctor", 3),
     ("migrator.preflight", 3),
     ("migrator.spec_check", 3),
+    ("migrator.modelgen", 3),
     ("migrator.verify", 4),
     ("migrator.copy", 4),
     ("migrator.guards", 4),
+    ("migrator.report", 4),
     ("migrator.phases", 5),
     ("migrator.operations", 6),
     ("migrator.rehearse", 6),
     ("migrator.demo", 6),
     ("migrator.console", 7),
     ("migrator.cli", 7),
+    ("migrator.contrib", 8),
 ]
 
 

@@ -1,5 +1,6 @@
--- One branch per meta column: the meta row must hold to_jsonb(legacy value), as the trigger writes it, and exist
--- exactly when the legacy value is not NULL. Keys without a base row are legacy_missing's to report.
+-- One branch per meta column: the meta row must hold the legacy value (compared as a value of the column's type,
+-- not as JSON text), and exist exactly when the legacy value is not NULL. Keys without a base row are
+-- legacy_missing's to report.
 SELECT l.{pk}::text AS key, 'meta_values' AS check,
        CASE WHEN m.{value} IS NULL
             THEN {column_name} || ' is set in legacy but ' || {meta_name} || ' has no ' || quote_literal({name})
@@ -14,4 +15,5 @@ SELECT l.{pk}::text AS key, 'meta_values' AS check,
   JOIN {base} AS b ON b.{pk} = l.{pk} AND {base_scope}
   LEFT JOIN {meta} AS m ON m.{link} = l.{pk} AND m.{key} = {name} AND {meta_scope}
  WHERE {scope}
-   AND m.{value} IS DISTINCT FROM to_jsonb(l.{column})
+   AND (m.{value} IS NULL OR l.{column} IS NULL OR {differs})
+   AND (m.{value} IS NOT NULL OR l.{column} IS NOT NULL)

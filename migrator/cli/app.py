@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -22,9 +23,9 @@ import psycopg
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 
-from migrator import console, results
+from migrator import console, lifecycle, results
 from migrator.db import DEFAULT_LOCK_TIMEOUT, Database, dsn_password, mask_dsn
-from migrator.engine.context import Context, Reporter
+from migrator.engine.context import Context, Observed, Observers, Reporter
 from migrator.errors import BadInputError, MigratorError
 from migrator.spec import Spec, load_spec
 from migrator.state import State
@@ -35,6 +36,8 @@ _verbose = False
 _secrets: list[str] = []
 # A DDL statement never waits longer than this for its lock (PostgreSQL's own limit is about 24 days).
 MAX_LOCK_TIMEOUT = 3600.0
+# The commands that move the migration (or try to): they fire the phase-* and state-changed events.
+PHASE_COMMANDS = frozenset({*(s.enter for s in lifecycle.STAGES if s.enter), "rollback"})
 
 
 @dataclass
@@ -54,6 +57,9 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
     # Reads the state again after a failure (set by begin()).
     reread: Callable[[], State] | None = None
+    # Who watches this invocation (event hooks, a long job's metrics), and what to call once it is over.
+    observer: Observers = field(default_factory=Observers)
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
 
 _outcome = Outcome()
@@ -96,6 +102,10 @@ class App:
     def outcome(self) -> Outcome:
         return _outcome
 
+    @property
+    def observer(self) -> Observers:
+        return _outcome.observer
+
 
 pass_app = click.make_pass_decorator(App)
 
@@ -110,6 +120,25 @@ class FiniteFloat(click.FloatRange):
         if not math.isfinite(rv):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return rv
+
+
+class ByteSize(click.types.IntParamType):
+    """A size in bytes, written as PostgreSQL writes sizes: 1073741824, 512MB, 1GB or 1GiB (kB, MB, GB and TB
+    are powers of 1024 there, as in postgresql.conf)."""
+
+    name = "size"
+    _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(value), re.IGNORECASE)
+        if match is None:
+            self.fail(f"{value!r} is not a size (e.g. 1073741824, 512MB, 1GiB).", param, ctx)
+        size = int(float(match.group(1)) * self._UNITS[match.group(2).lower()])
+        if size < 1:
+            self.fail(f"{value!r} is not a positive size.", param, ctx)
+        return size
 
 
 def finite(
@@ -210,6 +239,13 @@ class _Group(click.Group):
     DEFAULT_LOCK_TIMEOUT,
     "Seconds a DDL step waits for its lock before it retries.",
 )
+@click.option(
+    "--hook-dir",
+    envvar="MIGRATOR_HOOK_DIR",
+    type=click.Path(exists=True, file_okay=False),
+    help="Run the executables in DIR named after an event (or `any`) on that event (default: $MIGRATOR_HOOK_DIR).",
+)
+@defaulted("--hook-timeout", finite(0, 3600, min_open=True), 30.0, "Seconds a hook may run before it is given up.")
 @click.version_option(package_name="migrator")
 @click.pass_context
 def cli(
@@ -220,6 +256,8 @@ def cli(
     yes: bool,
     verbose: bool,
     lock_timeout: float,
+    hook_dir: str | None,
+    hook_timeout: float,
 ) -> None:
     """Split a live wide PostgreSQL table into a normalized schema, phase by phase, without downtime.
 
@@ -237,16 +275,26 @@ def cli(
     if dsn:
         check_dsn(dsn)
     ctx.obj = App(dsn or None, spec_path, as_json, yes, verbose, lock_timeout)
+    if hook_dir:
+        from pathlib import Path
+
+        from migrator.hooks import Hooks
+
+        hooks = Hooks(Path(hook_dir), hook_timeout, warn=console.warn)
+        _outcome.observer.observers.append(hooks)
+        _outcome.closers.append(hooks.close)
 
 
 def context(app: App, reporter: Reporter | None = None, reason: str | None = None) -> Context:
     """The phases' Context for this invocation: its spec, database, DDL lock timeout and reporter."""
+    shown = reporter or (console.JsonReporter() if app.json else console.StepReporter())
     return Context(
         app.spec,
         app.db,
         lock_timeout=app.lock_timeout,
-        reporter=reporter or (console.JsonReporter() if app.json else console.StepReporter()),
+        reporter=Observed(shown, app.observer, _outcome.command),
         reason=reason,
+        observer=app.observer,
     )
 
 
@@ -274,7 +322,20 @@ def begin(app: App, *, check_spec: bool = False) -> State:
         current = state.read(conn, app.spec)
     _outcome.before = current
     _outcome.reread = lambda: read_state(app)
+    _observe_state(app, current)
+    if _outcome.command in PHASE_COMMANDS:
+        app.observer.event("phase-start", from_state=current.state)
     return current
+
+
+def _observe_state(app: App, current: State) -> None:
+    app.observer.event(
+        "state",
+        migration=app.spec.migration_name,
+        command=_outcome.command,
+        state=current.state,
+        paused=current.paused,
+    )
 
 
 def done(
@@ -295,6 +356,7 @@ def done(
         out.details.update(details)
     if out.before is not None and state is None:
         out.after = read_state(app)
+        _observe_state(app, out.after)
     out.state, out.from_state = state, from_state
     if changed is not None:
         out.changed = changed
@@ -342,7 +404,31 @@ def _result(code: int, error: results.ErrorInfo | None) -> results.Result:
     )
 
 
+def _observe_end(code: int, error: results.ErrorInfo | None) -> None:
+    """Tell the observers how a phase command ended (phase-success or phase-failure, state-changed), then close
+    them (hooks still running are waited for, up to their timeout). An observer never changes the exit code."""
+    out = _outcome
+    try:
+        if out.observer.observers and out.command in PHASE_COMMANDS and out.before is not None:
+            result = _result(code, error)
+            fields: dict[str, Any] = {"exit_code": code, "from_state": result.from_state, "state": result.state}
+            if error is not None:
+                fields["error"] = error.message
+            out.observer.event("phase-success" if code == 0 else "phase-failure", **fields)
+            if result.state != result.from_state:
+                out.observer.event("state-changed", from_state=result.from_state, state=result.state)
+    except Exception as exc:
+        console.warn(f"observers: {exc}")
+    for close in out.closers:
+        try:
+            close()
+        except Exception as exc:
+            console.warn(f"observers: {exc}")
+    out.closers.clear()
+
+
 def _finish(code: int, error: results.ErrorInfo | None = None) -> NoReturn:
+    _observe_end(code, error)
     if _outcome.json:
         try:
             line = _result(code, error).line()

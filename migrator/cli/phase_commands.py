@@ -3,13 +3,18 @@ Options, check the spec against the server, run the phase, report the outcome (m
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from migrator import console, lifecycle
 from migrator.cli.app import (
     App,
+    ByteSize,
     begin,
     cli,
     context,
@@ -22,10 +27,97 @@ from migrator.cli.app import (
     reason_option,
     reporter,
 )
-from migrator.errors import BadInputError, WrongState
+from migrator.engine.health import Limits
+from migrator.errors import BadInputError, OperationalError, WrongState
 
 # The state a backfill runs in: the only one where pausing it means something.
 BACKFILL_STATE = lifecycle.left_by("backfill")
+
+F = TypeVar("F", bound=Callable[..., Any])
+_LIMITS = Limits()
+
+
+def long_job(fn: F) -> F:
+    """The options every long job (backfill, validate, rollback's reverse backfill) shares, declared once: the
+    health limits it waits on between chunks (given to the command as one `health` Limits), and its metrics
+    (served and/or written while the command runs)."""
+
+    @functools.wraps(fn)
+    def command(
+        *args: Any,
+        max_transaction_age: float,
+        max_replica_lag_bytes: int,
+        max_replica_lag_seconds: float,
+        health_fail_open: bool,
+        metrics_port: int | None,
+        metrics_address: str,
+        metrics_file: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        from migrator import metrics
+
+        kwargs["health"] = Limits(
+            max_transaction_age=max_transaction_age,
+            max_lag_bytes=max_replica_lag_bytes,
+            max_lag_seconds=max_replica_lag_seconds,
+            fail_open=health_fail_open,
+        )
+        if metrics_port is None and metrics_file is None:
+            return fn(*args, **kwargs)
+        app = click.get_current_context().find_object(App)
+        assert app is not None
+        path = Path(metrics_file) if metrics_file else None
+        with contextlib.ExitStack() as stack:
+            try:
+                watched, port = stack.enter_context(metrics.serving(fn.__name__, metrics_port, metrics_address, path))
+            except OSError as exc:
+                raise OperationalError(f"cannot serve or write the metrics: {exc}") from exc
+            app.observer.observers.append(watched)
+            stack.callback(app.observer.observers.remove, watched)
+            if port is not None:
+                console.info(f"metrics: http://{metrics_address}:{port}/metrics")
+            return fn(*args, **kwargs)
+
+    options = [
+        defaulted(
+            "--max-transaction-age",
+            finite(0, min_open=True),
+            _LIMITS.max_transaction_age,
+            "Health: wait while another session's transaction has been open longer than this (seconds).",
+        ),
+        click.option(
+            "--max-replica-lag-bytes",
+            type=ByteSize(),
+            default="1GiB",
+            show_default=True,
+            help="Health: wait while a replication slot retains, or a standby is behind by, more WAL than this.",
+        ),
+        defaulted(
+            "--max-replica-lag-seconds",
+            finite(0, min_open=True),
+            _LIMITS.max_lag_seconds,
+            "Health: wait while a standby's replay lag is longer than this (seconds).",
+        ),
+        click.option(
+            "--health-fail-open",
+            is_flag=True,
+            help="A health signal that cannot be read counts as green (default: red, the job waits).",
+        ),
+        click.option(
+            "--metrics-port",
+            type=click.IntRange(0, 65535),
+            help="Serve Prometheus metrics on this port while the job runs (0: any free port, printed).",
+        ),
+        defaulted("--metrics-address", str, "0.0.0.0", "The address --metrics-port listens on."),  # noqa: S104
+        click.option(
+            "--metrics-file",
+            type=click.Path(dir_okay=False),
+            help="Write the metrics in the node-exporter textfile format (*.prom) now and then, and at the end.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command  # type: ignore[return-value]
 
 
 @cli.command()
@@ -67,6 +159,12 @@ def _said(app: App, command: str) -> None:
     "Seconds a chunk waits for an application's row lock before it retries smaller.",
 )
 @click.option("--join", "join_", is_flag=True, help="Lend workers to a backfill another process coordinates.")
+@click.option(
+    "--full-speed",
+    is_flag=True,
+    help="Copy as fast as the server goes, instead of the default pace that adapts to the application's load.",
+)
+@long_job
 @reason_option
 @examples(
     "migrator backfill",
@@ -84,7 +182,9 @@ def backfill(
     throttle_query: str | None,
     chunk_lock_timeout: float,
     join_: bool,
+    full_speed: bool,
     reason: str | None,
+    health: Limits,
 ) -> None:
     """dual_write -> backfilled: copy every legacy row into the split tables, keeping ids.
 
@@ -102,6 +202,8 @@ def backfill(
         throttle_query=throttle_query,
         lock_timeout=chunk_lock_timeout,
         join=join_,
+        full_speed=full_speed,
+        health=health,
     )
     begin(app, check_spec=True)
     progress = reporter(app, "backfill")
@@ -143,6 +245,7 @@ def pause(app: App) -> None:
             ),
         )
     _set_paused(app, True)
+    app.observer.event("paused")
     done(app, "backfill workers pause within one chunk (`migrator resume` lets them go on)", details={"paused": True})
 
 
@@ -153,6 +256,7 @@ def resume(app: App) -> None:
     """Let paused backfill workers continue (in any state: it only clears the pause flag)."""
     begin(app)
     _set_paused(app, False)
+    app.observer.event("resumed")
     done(app, "backfill workers may continue", details={"paused": False})
 
 
@@ -172,6 +276,7 @@ def _set_paused(app: App, paused: bool) -> None:
 @click.option("--chunk-rows", type=click.IntRange(min=100), help="Keys per compared chunk.")
 @click.option("--workers", type=click.IntRange(min=1), help="Chunks compared at once (default 2).")
 @click.option("--max-rows-per-second", type=finite(min=1), help="Throttle the reads (leaves CPU to the application).")
+@long_job
 @reason_option
 @examples(
     "migrator validate",
@@ -189,6 +294,7 @@ def validate(
     workers: int | None,
     max_rows_per_second: float | None,
     reason: str | None,
+    health: Limits,
 ) -> None:
     """Compare every legacy row with its split rows (chunked: hash, then rows, then columns) and run every
     check in validators/. Exit 0 clean, 1 on any mismatch (naming every id and column). From backfilled, a clean
@@ -204,6 +310,7 @@ def validate(
         chunk_rows=chunk_rows or defaults.chunk_rows,
         workers=workers or defaults.workers,
         max_rows_per_second=max_rows_per_second,
+        health=health,
     )
     start = begin(app, check_spec=True)
     progress = reporter(app, "validate")
@@ -228,6 +335,7 @@ def validate(
             validation.apply(context(app, progress, reason=reason))
     except ValidationFailed as exc:
         app.outcome.details.update(details(exc.result, None))
+        app.observer.event("validation-failed", mismatches=exc.result.mismatches, summary=exc.result.summary())
         raise
     except BaseException:
         if validation.result is not None:
@@ -321,6 +429,12 @@ def contract(app: App, quiet_period: float, compat_view: bool, wait: float, reas
     "Before the reverse sync goes: seconds the split tables must have gone without direct writes.",
 )
 @defaulted("--wait", finite(min=0), 0, "Seconds to keep waiting for that quiet period instead of refusing.")
+@click.option(
+    "--full-speed",
+    is_flag=True,
+    help="From contracted: refill legacy as fast as the server goes, not at the pace the application's load allows.",
+)
+@long_job
 @reason_option
 @examples(
     "migrator rollback",
@@ -335,7 +449,9 @@ def rollback(
     max_rows_per_second: float | None,
     quiet_period: float,
     wait: float,
+    full_speed: bool,
     reason: str | None,
+    health: Limits,
 ) -> None:
     """Go back one state (or down to --to STATE) without losing a write made meanwhile."""
     from migrator import operations
@@ -355,7 +471,12 @@ def rollback(
     if drop_tables:
         console.confirm(f"drop the split tables {', '.join(app.spec.split_tables())}?", assume_yes=app.yes)
     opts = RollbackOptions(
-        drop_tables=drop_tables, max_rows_per_second=max_rows_per_second, quiet_period=quiet_period, wait=wait
+        drop_tables=drop_tables,
+        max_rows_per_second=max_rows_per_second,
+        quiet_period=quiet_period,
+        wait=wait,
+        full_speed=full_speed,
+        health=health,
     )
     steps = operations.rollback(context(app, reason=reason), to_state, opts)
     done(app, details={"steps": [list(step) for step in steps], "drop_tables": drop_tables})

@@ -105,6 +105,8 @@ def status(app: App) -> None:
     console.out.print(f"state: [bold cyan]{st.state}[/]{nxt}")
     if st.interrupted:
         console.out.print(f"[bold yellow]interrupted:[/] {st.interrupted}")
+    if st.no_rollback:
+        console.out.print(f"[bold red]{st.no_rollback}[/]")
     if problem:
         console.warn(problem)
     if st.read_percent or st.paused:

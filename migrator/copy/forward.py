@@ -35,6 +35,7 @@ from migrator.engine import retry
 from migrator.engine.chunking import ChunkSizer, RateLimiter
 from migrator.engine.context import Report
 from migrator.engine.health import Health, Limits
+from migrator.engine.pace import Pacer
 from migrator.engine.session import set_local
 from migrator.spec import Spec
 from migrator.sqlgen import names
@@ -72,6 +73,8 @@ class Options:
     chunk_time: float = 0.1
     batch_size: int | None = None
     max_rows_per_second: float | None = None
+    # Off: the pace adapts to the application's load (engine/pace.py); on: as fast as the server goes.
+    full_speed: bool = False
     throttle_query: str | None = None
     lock_timeout: float = CHUNK_LOCK_TIMEOUT
     join: bool = False
@@ -194,6 +197,8 @@ class Shared:
     errors: list[BaseException] = field(default_factory=list)
     # The health signals the workers wait on between chunks (None: not checked, as in tests of the copy alone).
     health: Health | None = None
+    # The adaptive pace the workers rest by between chunks (run_workers sets it for the run).
+    pacer: Pacer = field(default_factory=lambda: Pacer(None))
 
 
 class Worker:
@@ -264,7 +269,9 @@ class Worker:
             if self.shared.health is not None:
                 # Between chunks the worker holds no lock: waiting here costs the application nothing.
                 self.shared.health.wait_until_green(conn, self.shared.stop)
-            result = self._chunk_with_retry(conn, range_no, cursor, hi)
+            self.sizer.target = self.opts.chunk_time * self.shared.pacer.chunk_scale
+            with self.shared.pacer.working():
+                result = self._chunk_with_retry(conn, range_no, cursor, hi)
             self.copied += result.rows
             with self.shared.lock:
                 self.shared.rows += result.rows
@@ -279,6 +286,7 @@ class Worker:
                     "chunk_size": self.sizer.next(),
                     "chunk_ms": round(result.seconds * 1000, 1),
                     "rows_total": total,
+                    "pace": self.shared.pacer.describe(),
                 }
             )
             if result.last_key is not None:
@@ -287,6 +295,7 @@ class Worker:
                 self._wait_while_paused(conn)
             if result.finished:
                 return
+            self.shared.pacer.rest(result.seconds, self.shared.stop)
             self.limiter.done(result.rows)
 
     def _chunk_with_retry(
@@ -422,6 +431,16 @@ def run_workers(
     db: Database, spec: Spec, opts: Options, shared: Shared, keepalive: Callable[[], object] | None = None
 ) -> None:
     """Run the workers to the end; `keepalive` is called about once a second meanwhile (the coordinator's)."""
+    if not opts.full_speed and not opts.batch_size:
+        # A fixed --batch-size is a hand-set pace; the adaptive one would fight it.
+        shared.pacer = Pacer(lambda: db.raw_connect(autocommit=True), shared.on_step)
+    with shared.pacer:
+        _run_threads(db, spec, opts, shared, keepalive)
+
+
+def _run_threads(
+    db: Database, spec: Spec, opts: Options, shared: Shared, keepalive: Callable[[], object] | None
+) -> None:
     threads = [
         threading.Thread(target=Worker(db, spec, opts, i, shared).run, name=f"backfill-{i}", daemon=True)
         for i in range(max(1, opts.workers))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from migrator.engine.chunking import after_cursor
-from migrator.spec import ForeignKey, Spec
+from migrator.spec import ForeignKey, Spec, written
 from migrator.sqlgen import names, rules
 from migrator.sqlgen.compose import ident, join, literal, raw, render
 
@@ -46,8 +46,8 @@ def chunk_sql(spec: Spec, has_cursor: bool, careful: bool = False) -> sql.Compos
                 "backfill_child",
                 name=ident(f"v{i}"),
                 table=names.split(spec, v.table),
-                cols=join([ident(c) for c in [link, *v.columns]]),
-                vals=join([_src(pk), *(rules.filled(_src(c), cs) for c, cs in v.columns.items())]),
+                cols=join([ident(c) for c in [link, *written(v.columns)]]),
+                vals=join([_src(pk), *(rules.filled(_src(c), cs) for c, cs in written(v.columns).items())]),
                 pk=ident(pk),
                 disc=ident(spec.source.discriminator),
                 when=literal(v.when),
@@ -95,12 +95,12 @@ def chunk_sql(spec: Spec, has_cursor: bool, careful: bool = False) -> sql.Compos
         pk=ident(pk),
         pk_type=pk_type,
         base=base,
-        base_cols=join([ident(c) for c in [pk, *spec.base.columns]]),
+        base_cols=join([ident(c) for c in [pk, *written(spec.base.columns)]]),
         new_only=new_only,
         on_conflict=on_conflict,
         fk_locks=sql.Composed([raw(",\n"), join(fk_locks, ",\n")]) if fk_locks else raw(""),
         fk_found=join(fk_found, " AND ") if fk_found else raw("TRUE"),
-        base_vals=join([_src(pk), *(rules.filled(_src(c), cs) for c, cs in spec.base.columns.items())]),
+        base_vals=join([_src(pk), *(rules.filled(_src(c), cs) for c, cs in written(spec.base.columns).items())]),
         children=sql.Composed([raw(",\n"), join(children, ",\n")]) if children else raw(""),
     )
 

@@ -12,6 +12,7 @@ interrupted copy is simply run again: the syncs, on since the restore, kept ever
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,10 +25,13 @@ from migrator.copy.forward import BACKEND_FLUSH_AFTER
 from migrator.engine.actions import boundary
 from migrator.engine.chunking import ChunkSizer, RateLimiter, after_cursor
 from migrator.engine.context import Reporter
+from migrator.engine.health import Health
+from migrator.engine.pace import Pacer
 from migrator.engine.session import set_local
-from migrator.spec import Spec
-from migrator.sqlgen import names, views
+from migrator.spec import Spec, written
+from migrator.sqlgen import names, rules, triggers, views
 from migrator.sqlgen.compose import ident, join, raw, render
+from migrator.sqlgen.ddl import legacy_before_triggers
 
 # Target seconds per chunk: the refresh pass holds its legacy rows' locks for a chunk's length, and the application
 # waits that long.
@@ -71,13 +75,30 @@ def chunk_settings(conn: psycopg.Connection[Any]) -> None:
 
 
 def reverse_backfill(
-    conn: psycopg.Connection[Any], spec: Spec, reporter: Reporter, max_rows_per_second: float | None = None
+    conn: psycopg.Connection[Any],
+    spec: Spec,
+    reporter: Reporter,
+    max_rows_per_second: float | None = None,
+    health: Health | None = None,
+    pacer: Pacer | None = None,
 ) -> ReverseResult:
-    """Make every legacy row equal the split rows, chunk by chunk (the split side is the truth now)."""
+    """Make every legacy row equal the split rows, chunk by chunk (the split side is the truth now), waiting
+    between chunks while `health` has a red signal and resting as the adaptive `pacer` says."""
     t0 = time.monotonic()
     copy = _ReverseCopy(conn, spec, reporter, ChunkSizer(REVERSE_CHUNK_TIME), RateLimiter(max_rows_per_second))
-    copy.insert_pass()
-    copy.refresh_pass()
+    copy.health = health
+    copy.pacer = pacer or Pacer(None)
+    if legacy_before_triggers(conn, spec):
+        copy.write_back = write_back_statements(spec)
+        # The restore re-installed the reverse sync without knowing the legacy table's triggers: give its
+        # functions the write-back too (same names, so the attached triggers call them from the next write on).
+        # A split write in between is found by the refresh pass below and refreshed, and its chunk written back.
+        with conn.transaction():
+            for _, kind, body in triggers.reverse_tables(spec, write_back=True):
+                conn.execute(triggers.definer_function(spec, names.function_name(spec, kind), body))
+    with copy.pacer:
+        copy.insert_pass()
+        copy.refresh_pass()
     copy.result.seconds = time.monotonic() - t0
     return copy.result
 
@@ -86,7 +107,8 @@ def insert_pass_statements(spec: Spec) -> ChunkStatements:
     """The insert pass's (bound, insert) for a first chunk (True) and for the ones after a cursor (False).
     Parameters: lo (the cursor), hi (the chunk's last base key, from bound), limit."""
     pk, pk_type = ident(spec.pk), raw(spec.source.primary_key_type)
-    cols = spec.legacy_columns()
+    # Generated legacy columns compute themselves from the rest.
+    cols = spec.written_legacy_columns()
     split = views.split_as_legacy(spec)
     # Pass 1, over base keys: rows created after contract get a legacy row. A split write racing this pass may
     # find no legacy row yet (its trigger then changes nothing) or see ours inserted from an older snapshot;
@@ -142,10 +164,13 @@ def refresh_statements(spec: Spec) -> tuple[sql.Composed, sql.Composed, sql.Comp
     pk, pk_type = ident(spec.pk), raw(spec.source.primary_key_type)
     legacy_cols, split_cols = _compared_columns(spec)
     lock = render("reverse_lock", legacy=names.source(spec), pk=pk, pk_type=pk_type)
+    # The key is matched, not set: an identity key GENERATED ALWAYS refuses even its own value.
+    set_cols = [c for c in spec.written_legacy_columns() if c != spec.pk]
     update = render(
         "reverse_update",
         legacy=names.source(spec),
-        cols=join([ident(c) for c in spec.legacy_columns()]),
+        cols=join([ident(c) for c in set_cols]),
+        new_cols=join([sql.SQL("s.{}").format(ident(c)) for c in set_cols]),
         split_cols=split_cols,
         split=views.split_as_legacy(spec),
         pk=pk,
@@ -163,9 +188,48 @@ def refresh_statements(spec: Spec) -> tuple[sql.Composed, sql.Composed, sql.Comp
     return lock, update, delete
 
 
+def write_back_statements(spec: Spec) -> dict[bool, sql.Composed]:
+    """For a legacy table with BEFORE row triggers of its own: after a chunk's legacy writes, the split rows of the
+    chunk's key range (lo, hi] take back what those triggers changed (a filled default, a stamped time), as the
+    reverse sync does after each write, so legacy equals split once the chunk commits. By chunk: with (True) and
+    without (False) a cursor."""
+    pk, pk_type = ident(spec.pk), raw(spec.source.primary_key_type)
+    targets = [(spec.base.table, spec.pk, written(spec.base.columns))]
+    targets += [(v.table, spec.base.link_column, written(v.columns)) for v in spec.variants if written(v.columns)]
+    out = {}
+    for first in (True, False):
+        updates = []
+        for i, (table, key, columns) in enumerate(targets):
+            legacy_vals = join([rules.filled(rules.column("l", c), cs) for c, cs in columns.items()])
+            updates.append(
+                sql.SQL(
+                    "{name} AS (UPDATE {split} AS s SET ({cols}) = ROW({legacy_vals}) FROM {legacy} AS l "
+                    "WHERE s.{key} = l.{pk} AND {lower} AND l.{pk} <= %(hi)s::{pk_type} "
+                    "AND ({split_vals}) IS DISTINCT FROM ({legacy_vals}) RETURNING 1)"
+                ).format(
+                    name=ident(f"w{i}"),
+                    split=names.split(spec, table),
+                    cols=join([ident(c) for c in columns]),
+                    legacy_vals=legacy_vals,
+                    legacy=names.source(spec),
+                    key=ident(key),
+                    pk=pk,
+                    lower=after_cursor(spec, "l", not first),
+                    pk_type=pk_type,
+                    split_vals=join([rules.column("s", c) for c in columns]),
+                )
+            )
+        counted = join(
+            [sql.SQL("(SELECT count(*) FROM {})").format(ident(f"w{i}")) for i in range(len(targets))], " + "
+        )
+        out[first] = sql.SQL("WITH {} SELECT {}").format(join(updates, ",\n     "), counted)
+    return out
+
+
 def _compared_columns(spec: Spec) -> tuple[sql.Composed, sql.Composed]:
-    """The legacy columns as l.<col>, … and as s.<col>, … (legacy table vs the split side as legacy rows)."""
-    cols = spec.legacy_columns()
+    """The written legacy columns as l.<col>, … and as s.<col>, … (legacy table vs the split side as legacy rows;
+    a generated column follows from the others on both sides)."""
+    cols = spec.written_legacy_columns()
     return join([sql.SQL("l.{}").format(ident(c)) for c in cols]), join(
         [sql.SQL("s.{}").format(ident(c)) for c in cols]
     )
@@ -181,6 +245,10 @@ class _ReverseCopy:
     sizer: ChunkSizer
     limiter: RateLimiter
     result: ReverseResult = field(default_factory=ReverseResult)
+    health: Health | None = None
+    pacer: Pacer = field(default_factory=lambda: Pacer(None))
+    # The legacy table has BEFORE row triggers of its own: each chunk's split rows take back what they changed.
+    write_back: dict[bool, sql.Composed] | None = None
 
     def insert_pass(self) -> None:
         def insert(statement: sql.Composed, cursor: str | None, hi: Any, size: int) -> None:
@@ -218,20 +286,30 @@ class _ReverseCopy:
         """Keyset chunks, one transaction each: find the chunk's upper key (bound), then `work` on (cursor, hi]."""
         cursor: str | None = None
         while True:
+            if self.health is not None:
+                self.health.wait_until_green(self.conn, threading.Event())
             bound, statement = stmts[cursor is None]
+            self.sizer.target = REVERSE_CHUNK_TIME * self.pacer.chunk_scale
             size = self.sizer.next()
             c0 = time.monotonic()
-            with self.conn.transaction():
+            with self.pacer.working(), self.conn.transaction():
                 chunk_settings(self.conn)
                 row = self.conn.execute(bound, {"lo": cursor, "limit": size}).fetchone()
                 assert row is not None
                 n, hi = int(row[0]), row[1]
                 if n:
                     work(statement, cursor, hi, size)
+                    if self.write_back is not None:
+                        # Origin legacy meanwhile: the split tables' reverse triggers must not echo these writes.
+                        set_local(self.conn, migrator__origin="legacy")
+                        self.conn.execute(self.write_back[cursor is None], {"lo": cursor, "hi": hi})
+                        set_local(self.conn, migrator__origin="split")
             boundary(self.conn)  # a chunk committed: the kill hook's statement boundary (tests)
             self.sizer.observe(n, time.monotonic() - c0)
+            self.pacer.rest(time.monotonic() - c0)
             self.limiter.done(n)
-            self.reporter.progress(progress(), None, phase=f"reverse backfill: {name}")
+            chunk_ms = round((time.monotonic() - c0) * 1000, 1)
+            self.reporter.progress(progress(), None, phase=f"reverse backfill: {name}", chunk_ms=chunk_ms)
             if n < size:
                 return
             cursor = hi

@@ -42,9 +42,11 @@ class Reading:
     signal: str
     red: bool
     detail: str = ""
+    # What was measured, for metrics (e.g. the replication lag, red or not).
+    measures: dict[str, float] = field(default_factory=dict)
 
 
-def _old_transactions(conn: psycopg.Connection[Any], limits: Limits, _tables: Sequence[str]) -> Reading:
+def _old_transaction(conn: psycopg.Connection[Any], limits: Limits, _tables: Sequence[str]) -> Reading:
     row = conn.execute(
         "SELECT count(*), coalesce(max(extract(epoch FROM now() - xact_start)), 0), "
         "       (array_agg(pid ORDER BY xact_start))[1] "
@@ -65,31 +67,37 @@ def _old_transactions(conn: psycopg.Connection[Any], limits: Limits, _tables: Se
     return Reading("old_transaction", False)
 
 
-def _replication(conn: psycopg.Connection[Any], limits: Limits, _tables: Sequence[str]) -> Reading:
+def _replication_lag(conn: psycopg.Connection[Any], limits: Limits, _tables: Sequence[str]) -> Reading:
     slots = conn.execute(
         "SELECT slot_name::text, pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn) "
         "  FROM pg_catalog.pg_replication_slots WHERE restart_lsn IS NOT NULL"
     ).fetchall()
+    standbys = conn.execute(
+        "SELECT coalesce(application_name, client_addr::text, pid::text), "
+        "       pg_catalog.pg_wal_lsn_diff(sent_lsn, replay_lsn), extract(epoch FROM replay_lag) "
+        "  FROM pg_catalog.pg_stat_replication"
+    ).fetchall()
+    measures = {
+        "lag_bytes": float(max([r or 0 for _, r in slots] + [b or 0 for _, b, _ in standbys], default=0)),
+        "lag_seconds": float(max([s or 0 for _, _, s in standbys], default=0)),
+    }
     for name, retained in slots:
         if retained is not None and retained > limits.max_lag_bytes:
             return Reading(
                 "replication_lag",
                 True,
                 f"slot {name} retains {int(retained):,} bytes of WAL (limit {limits.max_lag_bytes:,})",
+                measures,
             )
-    standbys = conn.execute(
-        "SELECT coalesce(application_name, client_addr::text, pid::text), "
-        "       pg_catalog.pg_wal_lsn_diff(sent_lsn, replay_lsn), extract(epoch FROM replay_lag) "
-        "  FROM pg_catalog.pg_stat_replication"
-    ).fetchall()
     for name, behind, seconds in standbys:
         if (behind or 0) > limits.max_lag_bytes or (seconds or 0) > limits.max_lag_seconds:
             return Reading(
                 "replication_lag",
                 True,
                 f"standby {name} is {int(behind or 0):,} bytes / {float(seconds or 0):.1f} s behind",
+                measures,
             )
-    return Reading("replication_lag", False)
+    return Reading("replication_lag", False, measures=measures)
 
 
 def _vacuum(conn: psycopg.Connection[Any], _limits: Limits, tables: Sequence[str]) -> Reading:
@@ -104,7 +112,7 @@ def _vacuum(conn: psycopg.Connection[Any], _limits: Limits, tables: Sequence[str
     return Reading("vacuum", False)
 
 
-def _archiver(conn: psycopg.Connection[Any], _limits: Limits, _tables: Sequence[str]) -> Reading:
+def _wal_archiver(conn: psycopg.Connection[Any], _limits: Limits, _tables: Sequence[str]) -> Reading:
     row = conn.execute(
         "SELECT pg_catalog.current_setting('archive_mode') <> 'off', "
         "       coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false), last_failed_wal "
@@ -116,10 +124,10 @@ def _archiver(conn: psycopg.Connection[Any], _limits: Limits, _tables: Sequence[
 
 
 SIGNALS: tuple[Callable[[psycopg.Connection[Any], Limits, Sequence[str]], Reading], ...] = (
-    _old_transactions,
-    _replication,
+    _old_transaction,
+    _replication_lag,
     _vacuum,
-    _archiver,
+    _wal_archiver,
 )
 
 
@@ -130,22 +138,23 @@ class Health:
     tables: Sequence[str]
     limits: Limits = field(default_factory=Limits)
     on_change: Callable[[str], None] = field(default=lambda _m: None)
+    # Every reading, green ones too, each time the signals are read (metrics and event hooks watch them).
+    on_read: Callable[[list[Reading]], None] = field(default=lambda _r: None)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _checked: float = field(default=0.0, repr=False)
     _red: list[Reading] = field(default_factory=list, repr=False)
     _warned: set[str] = field(default_factory=set, repr=False)
     paused_seconds: float = 0.0
+    pauses: int = 0
 
     def red(self, conn: psycopg.Connection[Any]) -> list[Reading]:
         """The red signals now (cached for CHECK_EVERY seconds)."""
         with self._lock:
             if time.monotonic() - self._checked < CHECK_EVERY:
                 return list(self._red)
-            red = []
-            for signal in SIGNALS:
-                reading = self._read(signal, conn)
-                if reading.red:
-                    red.append(reading)
+            readings = [self._read(signal, conn) for signal in SIGNALS]
+            red = [r for r in readings if r.red]
+            self.on_read(readings)
             if [r.signal for r in red] != [r.signal for r in self._red]:
                 self.on_change("paused: " + "; ".join(r.detail for r in red) if red else "health green again: resumed")
             self._red, self._checked = red, time.monotonic()
@@ -174,3 +183,4 @@ class Health:
         if started is not None:
             with self._lock:
                 self.paused_seconds += time.monotonic() - started
+                self.pauses += 1

@@ -25,8 +25,6 @@ from migrator.engine.health import Health, Limits
 from migrator.errors import GuardFailed
 from migrator.phases.base import Phase, RollbackOptions
 from migrator.spec import Spec
-from migrator.sqlgen import names
-from migrator.sqlgen.compose import as_text
 from migrator.sqlgen.ddl import check_validate_actions, index_actions, legacy_checks
 
 __all__ = ["Backfill", "Options"]
@@ -134,6 +132,7 @@ class Backfill(Phase[Options]):
                 "rows": shared.rows,
                 "seconds": round(time.monotonic() - t0, 3),
                 "workers": opts.workers,
+                **_paused(shared.health),
                 **report.details,
             }
             # Should the connection drop during this very COMMIT, its outcome is unknown: the redo's reconnect
@@ -172,6 +171,13 @@ class Backfill(Phase[Options]):
             tr.finish(self.left, reason=ctx.reason)
 
 
+def _paused(health: Health | None) -> dict[str, Any]:
+    """How often and how long the job waited for the database's health (for the audit log)."""
+    if health is None:
+        return {}
+    return {"health_pauses": health.pauses, "health_paused_seconds": round(health.paused_seconds, 3)}
+
+
 def _shared(ctx: Context, total: int, done: int, limits: Limits) -> forward.Shared:
     """The workers' view of the reporter (progress counted from the rows a resumed backfill had already copied) and
     of the database's health, which they wait on between chunks."""
@@ -185,6 +191,4 @@ def _shared(ctx: Context, total: int, done: int, limits: Limits) -> forward.Shar
         with lock:
             ctx.reporter.step(message)
 
-    tables = [as_text(names.source(ctx.spec)), *(as_text(names.split(ctx.spec, t)) for t in ctx.spec.split_tables())]
-    health = Health(tables, limits, on_change=on_step)
-    return forward.Shared(on_chunk=on_chunk, on_step=on_step, health=health)
+    return forward.Shared(on_chunk=on_chunk, on_step=on_step, health=ctx.health(limits, on_step))

@@ -7,7 +7,7 @@ runner) live below it, in copy/, verify/, sqlgen/ and engine/, and never import 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 import psycopg
@@ -15,6 +15,7 @@ import psycopg
 from migrator import lifecycle
 from migrator.engine.actions import Action
 from migrator.engine.context import Context, Report
+from migrator.engine.health import Limits
 
 OptionsT = TypeVar("OptionsT")
 
@@ -32,10 +33,14 @@ class RollbackOptions:
     drop_tables: bool = False
     # From contracted: cap the reverse backfill (leaves CPU to the application).
     max_rows_per_second: float | None = None
+    # From contracted: the reverse backfill's pace adapts to the application's load unless this is set.
+    full_speed: bool = False
     # A step that removes the reverse sync first waits until the split tables have had no direct write for this
     # long (application instances see a flag change late), checking for up to `wait` seconds before it refuses.
     quiet_period: float = 60.0
     wait: float = 0.0
+    # From contracted: the reverse backfill waits between chunks while a health signal is past these limits.
+    health: Limits = field(default_factory=Limits)
 
 
 class Phase(ABC, Generic[OptionsT]):

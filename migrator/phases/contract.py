@@ -30,11 +30,12 @@ from migrator.copy import reverse
 from migrator.db import scalar
 from migrator.engine.actions import Action, run_actions
 from migrator.engine.context import Context, Report
+from migrator.engine.pace import Pacer
 from migrator.engine.session import MULTI_TABLE_LOCK_TIMEOUT
 from migrator.errors import GuardFailed
 from migrator.phases.base import Phase, RollbackOptions
 from migrator.spec import Spec
-from migrator.sqlgen import grants, names, repoint, triggers
+from migrator.sqlgen import dependents, grants, names, repoint, triggers
 from migrator.sqlgen.compose import as_text, ident, join
 
 
@@ -74,7 +75,14 @@ class Contract(Phase[Options]):
             # The application's roles keep their privileges under the old name: the view gets the table's grants.
             legacy_grants = grants.table_grants(conn, names.source(spec)) if conn is not None else None
             swap += grants.mirror_statements(legacy_grants, [names.source(spec)])
+            # Writes through the view are counted like direct legacy writes: finalize waits for them to stop.
+            swap.append(repoint.compat_writes_counter(spec))
         view = ", create the compatibility view (with the table's column defaults and grants)" if compat_view else ""
+        # What depends on the legacy table follows the rename unless moved in this same transaction (apply has
+        # refused whatever cannot be moved); read before the rename, so each definition names the legacy table.
+        moved = dependents.find(conn, spec) if conn is not None and compat_view else []
+        swap += dependents.statements(moved)
+        view += "".join(f"; {d.kind} {d.name}: {d.detail}" for d in moved if d.handling == "re-point")
         acts.append(
             Action(
                 f"in one transaction: stop both syncs, archive {spec.source.table} as {names.archive_name(spec)}"
@@ -96,8 +104,10 @@ class Contract(Phase[Options]):
             guards.require_in_sync(ctx.require_db(), spec, self.name)
             guards.require_no_open_quarantine(tr.conn, spec, self.name)
             _require_references_covered(spec, tr.conn)
+            dependents.require_movable(dependents.find(tr.conn, spec), opts.compat_view)
             # Not inside a transaction: the moved mark must be committed even when the guard refuses.
             guards.wait_for_quiet(tr.conn, spec, "legacy", opts.quiet_period, opts.wait, self.name, ctx.reporter.step)
+            ctx.observer.gate("before-contract", archive=names.archive_name(spec), compat_view=opts.compat_view)
             acts = self.plan(ctx, tr.conn)
             details = {"archive": names.archive_name(spec), "compat_view": opts.compat_view}
             run_actions(
@@ -126,13 +136,15 @@ class Contract(Phase[Options]):
                 )
         return report
 
-    def rollback_plan(self, ctx: Context) -> list[Action]:
+    def rollback_plan(self, ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Action]:
         spec = ctx.spec
+        # What was re-pointed at the compatibility view (or made on it since) goes back to the table.
+        moved = [d for d in dependents.find(conn, spec) if d.handling == "re-point"] if conn is not None else []
         return [
             Action(
                 f"in one transaction: drop the compatibility view, rename {names.archive_name(spec)} back, "
-                "re-install forward and reverse sync",
-                join(repoint.restore_statements(spec), ";\n"),
+                "re-install forward and reverse sync" + "".join(f"; re-point {d.kind} {d.name}" for d in moved),
+                join(repoint.restore_statements(spec, dependents.statements(moved)), ";\n"),
                 lock_timeout=MULTI_TABLE_LOCK_TIMEOUT,
                 # Done once it committed: a resumed rollback must not drop "the view" that is the table again.
                 done_check=repoint.restore_done_check(spec),
@@ -151,7 +163,8 @@ class Contract(Phase[Options]):
         with state.transition(db, spec, "rollback", (self.entered,)) as tr:
             if tr.progress is not None:
                 ctx.reporter.step(f"resuming: {state.describe_progress(tr.progress)}")
-            restore = self.rollback_plan(ctx)
+            guards.require_legacy_checks_hold(tr.conn, spec)
+            restore = self.rollback_plan(ctx, tr.conn)
             refill = "reverse backfill: refill the legacy rows from the split tables"
             steps = [*(a.description for a in restore), refill]
             back_planned = [a.description for a in repoint.repoint_actions(spec, None, "base")]
@@ -162,7 +175,14 @@ class Contract(Phase[Options]):
                 lock_timeout=ctx.lock_timeout,
                 record=tr.recorder([*steps, *back_planned]),
             )
-            result = reverse.reverse_backfill(tr.conn, spec, ctx.reporter, opts.max_rows_per_second)
+            result = reverse.reverse_backfill(
+                tr.conn,
+                spec,
+                ctx.reporter,
+                opts.max_rows_per_second,
+                health=ctx.health(opts.health),
+                pacer=None if opts.full_speed else Pacer(lambda: db.raw_connect(autocommit=True), ctx.reporter.step),
+            )
             ctx.reporter.step(
                 f"reverse backfill: {result.updated:,} legacy rows refreshed, {result.inserted:,} added, "
                 f"{result.deleted:,} removed in {result.seconds:.1f} s"

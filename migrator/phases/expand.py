@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from migrator import preflight, state
+from migrator import doctor, preflight, state
 from migrator.db import scalar, table_exists
 from migrator.engine.actions import Action, run_actions
 from migrator.engine.context import Context, Report
@@ -31,6 +31,21 @@ from migrator.sqlgen.ddl import (
     row_security_actions,
     table_actions,
 )
+
+# The doctor checks whose failure means expand cannot succeed, or would succeed into a migration that cannot finish
+# (contract must rename the table, the backfill must see every row). The others (sessions, replication, disk)
+# describe the moment, not the setup: the long jobs' health signals handle those as they happen.
+BLOCKING_CHECKS = ("server_version", "legacy_table", "primary_key", "ownership", "create", "name_collisions",
+                   "row_level_security")  # fmt: skip
+
+
+def _doctor_gate(ctx: Context) -> None:
+    """Refuse before any DDL when a blocking doctor check fails, naming each finding and its fix."""
+    report = doctor.run(ctx.require_db(), ctx.spec, checks=BLOCKING_CHECKS)
+    failed = [f for f in report.findings if f.status == "fail"]
+    if failed:
+        lines = "; ".join(f"{f.message} (fix: {f.fix})" if f.fix else f.message for f in failed)
+        raise GuardFailed(f"expand refused, nothing changed: {lines}", hint="`migrator doctor` shows every check")
 
 
 @dataclass(frozen=True)
@@ -126,6 +141,7 @@ class Expand(Phase[Options]):
         return row_security_actions(spec, forced, policies) if enabled else []
 
     def apply(self, ctx: Context) -> None:
+        _doctor_gate(ctx)
         with state.transition(ctx.require_db(), ctx.spec, self.name, (self.left,)) as tr:
             preflight.check(tr.conn, ctx.spec)
             earlier = _earlier_attempt(tr.conn, ctx.spec)

@@ -7,7 +7,7 @@ reports); this phase runs it, writes the reports, accepts the quarantine when as
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import psycopg
 from migrator import lifecycle, state
 from migrator.engine.actions import Action
 from migrator.engine.context import Context, Report
+from migrator.engine.health import Health, Limits
 from migrator.errors import GuardFailed
 from migrator.phases.base import Phase, RollbackOptions
 from migrator.verify.checks import SQL_CHECKS
@@ -39,6 +40,7 @@ class Options:
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     workers: int = DEFAULT_WORKERS
     max_rows_per_second: float | None = None
+    health: Limits = field(default_factory=Limits)
 
 
 class Validate(Phase[Options]):
@@ -51,6 +53,7 @@ class Validate(Phase[Options]):
         super().__init__(options)
         # What the last apply() found, for the caller to print or report (also when the state did not move).
         self.result: ValidationResult | None = None
+        self.health: Health | None = None
 
     def plan(self, ctx: Context, conn: psycopg.Connection[Any] | None = None) -> list[Action]:
         """The statements a validation runs, each read-only; chunked ones show a key range [lo, hi)."""
@@ -79,6 +82,7 @@ class Validate(Phase[Options]):
         ValidationFailed (exit 1) and leave the state where it was; the reports are written either way."""
         db, spec, opts = ctx.require_db(), ctx.spec, self.options
         self.result = None
+        self.health = health = ctx.health(opts.health)
         with state.transition(db, spec, self.name, ALLOWED_STATES) as tr:
             result = run_validation(
                 db,
@@ -87,6 +91,7 @@ class Validate(Phase[Options]):
                 workers=opts.workers,
                 max_rows_per_second=opts.max_rows_per_second,
                 reporter=ctx.reporter,
+                health=health,
             )
             self.result = result
             self._write_reports(result)
@@ -143,6 +148,8 @@ class Validate(Phase[Options]):
                     "quarantine_accepted_now": accepted,
                     "accept_quarantine": accept,
                     "quarantine_referenced_by": result.quarantine.referenced_by,
+                    "health_pauses": self.health.pauses if self.health else 0,
+                    "health_paused_seconds": round(self.health.paused_seconds, 3) if self.health else 0.0,
                 },
             )
 

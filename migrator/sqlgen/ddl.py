@@ -12,16 +12,20 @@ from psycopg import sql
 
 from migrator.engine.actions import Action
 from migrator.spec import ColumnSpec, Spec
-from migrator.sqlgen import names
+from migrator.sqlgen import names, views
 from migrator.sqlgen.compose import as_text, ident, join, literal, raw, render
 from migrator.sqlgen.names import object_name
 
 
-def _column_defs(columns: dict[str, ColumnSpec]) -> sql.Composed:
+def _column_defs(spec: Spec, columns: dict[str, ColumnSpec]) -> sql.Composed:
     defs: list[sql.Composable] = []
-    for col, cs in columns.items():
+    for col, cs in spec.stored(columns).items():
         null = " NOT NULL" if cs.required else ""
-        defs.append(sql.Composed([ident(col), raw(f" {cs.type}{null}")]))
+        parts: list[sql.Composable] = [ident(col), raw(f" {cs.type}{null}")]
+        if cs.generated is not None:
+            # The legacy column's own expression (checked against the catalog), over the same column names.
+            parts += [raw(" GENERATED ALWAYS AS ("), raw(cs.generated), raw(") STORED")]
+        defs.append(sql.Composed(parts))
     return join(defs, ",\n    ")
 
 
@@ -146,7 +150,7 @@ def table_actions(spec: Spec, sequence: str | None = _AUTO) -> list[Action]:
                 )
                 if sequence
                 else raw(""),
-                columns=_column_defs(base.columns),
+                columns=_column_defs(spec, base.columns),
                 pk_name=ident(object_name(base.table, suffix="pkey")),
                 check_name=ident(object_name(base.table, spec.source.discriminator, suffix="check")),
                 discriminator=ident(spec.source.discriminator),
@@ -163,7 +167,7 @@ def table_actions(spec: Spec, sequence: str | None = _AUTO) -> list[Action]:
                     table=names.split(spec, v.table),
                     link=ident(base.link_column),
                     pk_type=raw(spec.source.primary_key_type),
-                    columns=_column_defs(v.columns),
+                    columns=_column_defs(spec, v.columns),
                     pk_name=ident(object_name(v.table, suffix="pkey")),
                 ),
             )
@@ -236,7 +240,10 @@ SELECT c.conname::text, pg_catalog.pg_get_constraintdef(c.oid), c.convalidated,
 def legacy_checks(conn: psycopg.Connection[Any], spec: Spec) -> tuple[list[CarriedCheck], list[str]]:
     """The legacy table's CHECK constraints carried to the split table that holds all their columns, and the
     names of those that cannot be (columns across tables, or in the meta table): `plan` lists them."""
-    homes = {spec.base.table: {spec.pk, *spec.base.columns}, **{v.table: set(v.columns) for v in spec.variants}}
+    homes = {
+        spec.base.table: {spec.pk, *spec.stored(spec.base.columns)},
+        **{v.table: set(spec.stored(v.columns)) for v in spec.variants},
+    }
     carried, left = [], []
     for name, definition, validated, columns in conn.execute(_LEGACY_CHECKS, [as_text(names.source(spec))]):
         table = next((t for t, cols in homes.items() if set(columns) <= cols), None)
@@ -326,7 +333,7 @@ def legacy_row_security(conn: psycopg.Connection[Any], spec: Spec) -> tuple[bool
 
 def untranslatable_policies(spec: Spec, policies: list[Policy]) -> list[str]:
     """Policies whose expressions use columns that do not all land in the base table (they cannot be carried)."""
-    base = {spec.pk, *spec.base.columns}
+    base = {spec.pk, *spec.stored(spec.base.columns)}
     return [p.name for p in policies if not p.columns <= base]
 
 
@@ -396,3 +403,36 @@ def legacy_before_triggers(conn: psycopg.Connection[Any], spec: Spec) -> list[st
     """The legacy table's own BEFORE INSERT/UPDATE row triggers (bits of tgtype: 1 row, 2 before, 4 insert,
     16 update): they may change a row the reverse sync writes, which must then be written back to the split row."""
     return [r[0] for r in conn.execute(_BEFORE_ROW_TRIGGERS, [as_text(names.source(spec))])]
+
+
+@dataclass(frozen=True)
+class TableCheck:
+    """A CHECK constraint of a table: its name, its expression as the catalog renders it, and its columns."""
+
+    name: str
+    expression: str
+    columns: frozenset[str]
+
+
+_TABLE_CHECKS = """
+SELECT c.conname::text, pg_catalog.pg_get_expr(c.conbin, c.conrelid),
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey))
+  FROM pg_catalog.pg_constraint c
+ WHERE c.conrelid = pg_catalog.to_regclass(%s) AND c.contype = 'c'
+ ORDER BY c.conname
+"""
+
+
+def table_checks(conn: psycopg.Connection[Any], table: sql.Identifier) -> list[TableCheck]:
+    """Every CHECK constraint of `table` (validated or not: either refuses a row written to it)."""
+    return [TableCheck(n, e, frozenset(cols)) for n, e, cols in conn.execute(_TABLE_CHECKS, [as_text(table)])]
+
+
+def check_violations_sql(spec: Spec, check: TableCheck) -> tuple[sql.Composed, sql.Composed]:
+    """(up to five keys, count) of the split rows, read as legacy rows, that `check` would refuse: its expression
+    is false (NULL passes a CHECK). The expression is the catalog's own text over the legacy column names, which
+    the split side read as legacy rows has too."""
+    failing = sql.SQL("FROM ({}) AS s WHERE ({}) IS FALSE").format(views.split_as_legacy(spec), raw(check.expression))
+    keys = sql.SQL("SELECT s.{pk}::text {failing} ORDER BY s.{pk} LIMIT 5").format(pk=ident(spec.pk), failing=failing)
+    return keys, sql.SQL("SELECT count(*) {}").format(failing)

@@ -15,7 +15,7 @@ from psycopg import sql
 from migrator.db import VALUE_SETTINGS
 from migrator.engine.actions import Action
 from migrator.engine.session import MULTI_TABLE_LOCK_TIMEOUT
-from migrator.spec import ColumnSpec, Spec, Variant
+from migrator.spec import ColumnSpec, Spec, Variant, written
 from migrator.sqlgen import names, rules
 from migrator.sqlgen.compose import as_text, ident, join, literal, plpgsql_function, raw, render
 from migrator.sqlgen.names import function_name, trigger_name
@@ -149,8 +149,8 @@ def _variant_upsert(spec: Spec, v: Variant, row: str) -> sql.Composed:
         names.split(spec, v.table),
         [spec.base.link_column],
         [_new(spec.pk, row)],
-        list(v.columns),
-        [_value(c, cs, row) for c, cs in v.columns.items()],
+        list(written(v.columns)),
+        [_value(c, cs, row) for c, cs in written(v.columns).items()],
     )
 
 
@@ -183,8 +183,8 @@ def forward_sync_body(spec: Spec, row: str = "r", op: str = "p_op", inserted: st
             names.split(spec, spec.base.table),
             [pk],
             [_new(pk, row)],
-            list(spec.base.columns),
-            [_value(c, cs, row) for c, cs in spec.base.columns.items()],
+            list(written(spec.base.columns)),
+            [_value(c, cs, row) for c, cs in written(spec.base.columns).items()],
             returning=raw(f"(xmax = 0) INTO {inserted}") if inserted else None,
         )
     ]
@@ -246,7 +246,7 @@ def forward_update_fast_path(spec: Spec) -> dict[str, sql.Composable]:
     (only when its columns changed), then the current variant's child and each meta column, each
     only when its columns changed."""
     pk = spec.pk
-    base_cols = list(spec.base.columns.items())
+    base_cols = list(written(spec.base.columns).items())
     base_update = sql.SQL("UPDATE {} SET ({}) = ROW({}) WHERE {} = NEW.{};").format(
         names.split(spec, spec.base.table),
         join([ident(c) for c, _ in base_cols]),
@@ -256,14 +256,14 @@ def forward_update_fast_path(spec: Spec) -> dict[str, sql.Composable]:
     )
     changed: list[sql.Composable] = []
     for v in spec.variants:
-        if not v.columns:
+        if not written(v.columns):
             continue  # nothing to change: the child row came with the base row
         changed.append(
             render(
                 "forward_changed_variant",
                 disc=ident(spec.source.discriminator),
                 when=literal(v.when),
-                changed=_changed([(c, cs) for c, cs in v.columns.items()]),
+                changed=_changed(list(written(v.columns).items())),
                 upsert=_variant_upsert(spec, v, "NEW"),
             )
         )
@@ -340,8 +340,8 @@ def drop_forward_actions(spec: Spec) -> list[Action]:
 def _write_back(spec: Spec, when: str, row_key: str) -> sql.Composed:
     """After a reverse write to legacy row `row_key`: the split rows take back what legacy's own triggers changed
     (the base row and the child row of each variant that has one; meta values are not written back)."""
-    targets = [(spec.base.table, spec.pk, spec.base.columns)]
-    targets += [(v.table, spec.base.link_column, v.columns) for v in spec.variants if v.columns]
+    targets = [(spec.base.table, spec.pk, written(spec.base.columns))]
+    targets += [(v.table, spec.base.link_column, written(v.columns)) for v in spec.variants if written(v.columns)]
     updates = [
         render(
             "reverse_write_back_table",
@@ -361,7 +361,7 @@ def _write_back(spec: Spec, when: str, row_key: str) -> sql.Composed:
 
 def _reverse_base(spec: Spec, write_back: bool = False) -> sql.Composed:
     pk = spec.pk
-    cols = list(spec.base.columns)
+    cols = list(written(spec.base.columns))
     return render(
         "reverse_base",
         write_back=_write_back(spec, "TG_OP IN ('INSERT', 'UPDATE')", "NEW." + as_text(ident(pk)))
@@ -380,7 +380,7 @@ def _reverse_base(spec: Spec, write_back: bool = False) -> sql.Composed:
 
 def _reverse_variant(spec: Spec, i: int, write_back: bool = False) -> sql.Composed:
     v = spec.variants[i]
-    cols = list(v.columns)
+    cols = list(written(v.columns))
     link = "coalesce(NEW.{0}, OLD.{0})".format(as_text(ident(spec.base.link_column)))
     back = _write_back(spec, "true", link) if write_back else raw("")
     return render(

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from migrator.spec import ColumnSpec, Spec
-from migrator.sqlgen import names
-from migrator.sqlgen.compose import ident, join, literal, render_validator, validators_dir
-from migrator.verify.queries import Queries, Scope, display, qualified
+from migrator.sqlgen import names, views
+from migrator.sqlgen.compose import ident, join, literal, raw, render_validator, validators_dir
+from migrator.verify.queries import Queries, Scope, display, qualified, text_compared
 
 
 class Branches:
@@ -149,9 +149,30 @@ def _meta_values(b: Branches) -> list[sql.Composable]:
         return []
     meta = _meta_slots(spec)
     return [
-        b.branch(qualified("l", spec.pk), column=ident(col), column_name=literal(col), name=literal(col), **meta)
-        for col in spec.meta.columns
+        b.branch(
+            qualified("l", spec.pk),
+            column=ident(col),
+            column_name=literal(col),
+            name=literal(col),
+            differs=_meta_value_differs(spec, col, cs),
+            **meta,
+        )
+        for col, cs in spec.meta.columns.items()
     ]
+
+
+def _meta_value_differs(spec: Spec, col: str, cs: ColumnSpec) -> sql.Composable:
+    """Whether the meta row's value is not the legacy value, compared as values of the column's type: JSON that
+    spells the same value differently ("P1D" and "1 day", 1.5 and 1.50, another UTC offset) is the same value.
+    Types without an equality operator compare as the JSON the trigger writes."""
+    assert spec.meta is not None
+    value = qualified("m", spec.meta.value_column)
+    legacy = qualified("l", col)
+    if text_compared(cs.type):
+        return sql.SQL("{} IS DISTINCT FROM to_jsonb({})").format(value, legacy)
+    return sql.SQL("{} IS DISTINCT FROM CAST({} AS {})").format(
+        views.meta_to_legacy(value, cs.type), legacy, raw(cs.type)
+    )
 
 
 def _meta_keys(b: Branches) -> list[sql.Composable]:

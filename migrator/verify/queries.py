@@ -117,7 +117,11 @@ class Queries:
         exprs = dict(views.legacy_columns(spec, "l"))
         key = self._legacy_value(spec.pk, qualified("l", spec.pk), spec.source.primary_key_type)
         base = self._hash(
-            [literal(0), key, *(self._legacy_value(c, exprs[c], cs.type) for c, cs in spec.base.columns.items())]
+            [
+                literal(0),
+                key,
+                *(self._legacy_value(c, exprs[c], cs.type) for c, cs in spec.stored(spec.base.columns).items()),
+            ]
         )
         whens = [
             sql.SQL("WHEN {} THEN {}").format(
@@ -126,7 +130,7 @@ class Queries:
                     [
                         literal(1 + i),
                         key,
-                        *(self._legacy_value(c, exprs[c], cs.type) for c, cs in v.columns.items()),
+                        *(self._legacy_value(c, exprs[c], cs.type) for c, cs in spec.stored(v.columns).items()),
                     ]
                 ),
             )
@@ -137,9 +141,8 @@ class Queries:
             sql.SQL("CASE {} {} END").format(qualified("l", spec.source.discriminator), join(whens, " ")),
         ]
         if spec.meta:
-            for col in spec.meta.columns:
-                # to_jsonb of the legacy value, exactly what the trigger stores in the meta row.
-                value = sql.SQL("to_jsonb({})").format(qualified("l", col))
+            for col, cs in spec.meta.columns.items():
+                value = self.meta_value_hash(qualified("l", col), cs, legacy=True)
                 parts.append(
                     sql.SQL("CASE WHEN {} IS NOT NULL THEN {} END").format(
                         qualified("l", col),
@@ -152,6 +155,19 @@ class Queries:
             poisoned = self._hash([literal(-2), key])
             parts.append(sql.SQL("CASE WHEN {} THEN {} END").format(rules.invalid(spec, "l"), poisoned))
         return parts
+
+    @staticmethod
+    def meta_value_hash(value: sql.Composable, cs: ColumnSpec, *, legacy: bool) -> sql.Composed:
+        """The hash of a meta value as a value of its column's type (a legacy column's value, or a meta row's
+        JSON read back): JSON that spells one value two ways ("P1D" and "1 day", 1.5 and 1.50) hashes the same.
+        Types without a hash function hash the JSON the trigger writes."""
+        if text_compared(cs.type):
+            typed = sql.SQL("to_jsonb({})").format(value) if legacy else value
+        elif legacy:
+            typed = sql.SQL("CAST({} AS {})").format(value, raw(cs.type))
+        else:
+            typed = views.meta_to_legacy(value, cs.type)
+        return sql.SQL("hash_record_extended(ROW({}), 0)").format(typed)
 
     def split_parts(self, scope: Scope) -> sql.Composed:
         """The split side's hash parts over `scope`: one range scan per split table, no join."""
@@ -169,13 +185,25 @@ class Queries:
         def values(columns: dict[str, ColumnSpec]) -> list[sql.Composable]:
             return [self._split_value(qualified("c", c), cs.type) for c, cs in columns.items()]
 
-        parts = [part(0, self.base, spec.pk, values(spec.base.columns))]
+        # A generated column no split table holds is a function of compared columns: nothing of its own to hash.
+        parts = [part(0, self.base, spec.pk, values(spec.stored(spec.base.columns)))]
         for i, v in enumerate(spec.variants):
-            parts.append(part(1 + i, names.split(spec, v.table), link, values(v.columns)))
+            parts.append(part(1 + i, names.split(spec, v.table), link, values(spec.stored(v.columns))))
         if spec.meta:
             m = spec.meta
-            meta_fields: list[sql.Composable] = [qualified("c", m.key_column), qualified("c", m.value_column)]
-            parts.append(part(-1, names.split(spec, m.table), link, meta_fields))
+            value = qualified("c", m.value_column)
+            by_key = join(
+                [
+                    sql.SQL("WHEN {} THEN {}").format(literal(col), self.meta_value_hash(value, cs, legacy=False))
+                    for col, cs in m.columns.items()
+                ],
+                " ",
+            )
+            # A key the spec does not list hashes its JSON: no legacy part can match it.
+            typed = sql.SQL("CASE {} {} ELSE hash_record_extended(ROW({}), 0) END").format(
+                qualified("c", m.key_column), by_key, value
+            )
+            parts.append(part(-1, names.split(spec, m.table), link, [qualified("c", m.key_column), typed]))
         return join(parts, "\n                UNION ALL\n                ")
 
     def not_quarantined(self, key: sql.Composable, *, from_table: bool) -> sql.Composable:

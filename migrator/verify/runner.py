@@ -30,6 +30,7 @@ from migrator.engine import retry
 from migrator.engine.actions import Query
 from migrator.engine.chunking import RateLimiter
 from migrator.engine.context import NullReporter, Reporter
+from migrator.engine.health import Health
 from migrator.engine.session import set_local
 from migrator.errors import TableDoesNotExist, WrongState
 from migrator.spec import Spec
@@ -108,6 +109,7 @@ class Validation:
         workers: int = DEFAULT_WORKERS,
         max_rows_per_second: float | None = None,
         reporter: Reporter | None = None,
+        health: Health | None = None,
     ) -> None:
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be at least 1")
@@ -116,6 +118,9 @@ class Validation:
         self.workers = max(1, workers)
         self.limiter = RateLimiter(max_rows_per_second)
         self.reporter: Reporter = reporter or NullReporter()
+        # The database's health, waited on before each chunk (None: not checked, as in the guards' validation).
+        self.health = health
+        self._stop = threading.Event()
         self.params: dict[str, Any] = {"migration": spec.migration_name}
         self.queries = Queries(spec)
         self.indexed_refs: list[int] = []
@@ -227,7 +232,11 @@ class Validation:
         for v in spec.variants:
             split.update(columns(names.split(spec, v.table)))
         # Meta columns are compared as the jsonb the trigger stores: no cast.
-        compared = [spec.pk, *spec.base.columns, *(c for v in spec.variants for c in v.columns)]
+        compared = [
+            spec.pk,
+            *spec.stored(spec.base.columns),
+            *(c for v in spec.variants for c in spec.stored(v.columns)),
+        ]
         casts = frozenset(c for c in compared if legacy.get(c, ("?", False))[0] != split.get(c, ("", False))[0])
         required = [c for _, _, c, cs in spec.iter_columns() if cs.required and c in split]
         poison = not all(split[c][1] for c in required)
@@ -283,6 +292,10 @@ class Validation:
         t0 = time.monotonic()
 
         def work(chunk: Chunk) -> None:
+            if self.health is not None:
+                # Between chunks this worker holds no snapshot: waiting here holds back neither vacuum nor DDL.
+                self.health.wait_until_green(self._conn(), self._stop)
+            c0 = time.monotonic()
             # A lock timeout behind someone's DDL, or a dropped connection, costs this chunk one more try.
             rows, chunk_found, differs = retry.run_with_retry(lambda: self._examine(chunk), attempts=5)
             with self._lock:
@@ -300,6 +313,7 @@ class Validation:
                     chunks_done=done[1],
                     mismatched_chunks=len(mismatched),
                     seconds=round(time.monotonic() - t0, 3),
+                    chunk_ms=round((time.monotonic() - c0) * 1000, 1),
                 )
             self.limiter.done(rows + len(chunk.quarantined))
 
@@ -314,6 +328,7 @@ class Validation:
                         future.result()
                 except BaseException:
                     # Do not read the rest of a big table only to report the first error afterwards.
+                    self._stop.set()
                     for future in futures:
                         future.cancel()
                     raise
@@ -485,5 +500,5 @@ def _sort_key(pair: tuple[str, str]) -> tuple[int, tuple[int, int | str]]:
 
 def run_validation(db: Database, spec: Spec, **settings: Any) -> ValidationResult:
     """Run every check, read-only, in any state that has split tables; the guard later phases call. `settings` are
-    Validation's keyword arguments (chunk_rows, workers, max_rows_per_second, reporter)."""
+    Validation's keyword arguments (chunk_rows, workers, max_rows_per_second, reporter, health)."""
     return Validation(db, spec, **settings).run()

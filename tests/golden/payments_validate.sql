@@ -35,11 +35,11 @@ SET LOCAL statement_timeout = '600000ms';
 -- each part's hash_record_extended is summed. Equal sums mean equal multisets of split rows, except with
 -- probability ~2^-64; sum, not XOR, so a part present twice does not cancel out.
 SELECT l.rows, l.parts, l.hash, s.parts, s.hash
-  FROM (SELECT count(*) AS rows, count(*) + count(CASE "l"."method" WHEN 'card' THEN hash_record_extended(ROW(1, "l"."payment_uuid", CASE WHEN "l"."method" = 'card' THEN "l"."card_last4" END, CASE WHEN "l"."method" = 'card' THEN coalesce("l"."card_brand", 'unknown'::text) END), 0) WHEN 'bank_transfer' THEN hash_record_extended(ROW(2, "l"."payment_uuid", CASE WHEN "l"."method" = 'bank_transfer' THEN "l"."iban" END, CASE WHEN "l"."method" = 'bank_transfer' THEN "l"."bic" END), 0) END) + count(CASE WHEN "l"."gateway_response" IS NOT NULL THEN hash_record_extended(ROW( -1, "l"."payment_uuid", 'gateway_response'::text, to_jsonb("l"."gateway_response")), 0) END) + count(CASE WHEN "l"."notes" IS NOT NULL THEN hash_record_extended(ROW( -1, "l"."payment_uuid", 'notes'::text, to_jsonb("l"."notes")), 0) END) + count(CASE WHEN "l"."retries" IS NOT NULL THEN hash_record_extended(ROW( -1, "l"."payment_uuid", 'retries'::text, to_jsonb("l"."retries")), 0) END) + count(CASE WHEN (l."method" IS NULL OR l."method" NOT IN ('card', 'bank_transfer') OR l."amount" IS NULL OR l."currency" IS NULL OR (l."method" = 'card' AND l."card_last4" IS NULL) OR (l."method" = 'bank_transfer' AND l."iban" IS NULL)) THEN hash_record_extended(ROW( -2, "l"."payment_uuid"), 0) END) AS parts, coalesce(sum(hash_record_extended(ROW(0, "l"."payment_uuid", "l"."method", "l"."amount", "l"."currency", "l"."paid_at"), 0)), 0)
+  FROM (SELECT count(*) AS rows, count(*) + count(CASE "l"."method" WHEN 'card' THEN hash_record_extended(ROW(1, "l"."payment_uuid", CASE WHEN "l"."method" = 'card' THEN "l"."card_last4" END, CASE WHEN "l"."method" = 'card' THEN coalesce("l"."card_brand", 'unknown'::text) END), 0) WHEN 'bank_transfer' THEN hash_record_extended(ROW(2, "l"."payment_uuid", CASE WHEN "l"."method" = 'bank_transfer' THEN "l"."iban" END, CASE WHEN "l"."method" = 'bank_transfer' THEN "l"."bic" END), 0) END) + count(CASE WHEN "l"."gateway_response" IS NOT NULL THEN hash_record_extended(ROW( -1, "l"."payment_uuid", 'gateway_response'::text, hash_record_extended(ROW(CAST("l"."gateway_response" AS jsonb)), 0)), 0) END) + count(CASE WHEN "l"."notes" IS NOT NULL THEN hash_record_extended(ROW( -1, "l"."payment_uuid", 'notes'::text, hash_record_extended(ROW(CAST("l"."notes" AS text)), 0)), 0) END) + count(CASE WHEN "l"."retries" IS NOT NULL THEN hash_record_extended(ROW( -1, "l"."payment_uuid", 'retries'::text, hash_record_extended(ROW(CAST("l"."retries" AS bigint)), 0)), 0) END) + count(CASE WHEN (l."method" IS NULL OR l."method" NOT IN ('card', 'bank_transfer') OR l."amount" IS NULL OR l."currency" IS NULL OR (l."method" = 'card' AND l."card_last4" IS NULL) OR (l."method" = 'bank_transfer' AND l."iban" IS NULL)) THEN hash_record_extended(ROW( -2, "l"."payment_uuid"), 0) END) AS parts, coalesce(sum(hash_record_extended(ROW(0, "l"."payment_uuid", "l"."method", "l"."amount", "l"."currency", "l"."paid_at"), 0)), 0)
                      + coalesce(sum(CASE "l"."method" WHEN 'card' THEN hash_record_extended(ROW(1, "l"."payment_uuid", CASE WHEN "l"."method" = 'card' THEN "l"."card_last4" END, CASE WHEN "l"."method" = 'card' THEN coalesce("l"."card_brand", 'unknown'::text) END), 0) WHEN 'bank_transfer' THEN hash_record_extended(ROW(2, "l"."payment_uuid", CASE WHEN "l"."method" = 'bank_transfer' THEN "l"."iban" END, CASE WHEN "l"."method" = 'bank_transfer' THEN "l"."bic" END), 0) END), 0)
-                     + coalesce(sum(CASE WHEN "l"."gateway_response" IS NOT NULL THEN hash_record_extended(ROW( -1, "l"."payment_uuid", 'gateway_response'::text, to_jsonb("l"."gateway_response")), 0) END), 0)
-                     + coalesce(sum(CASE WHEN "l"."notes" IS NOT NULL THEN hash_record_extended(ROW( -1, "l"."payment_uuid", 'notes'::text, to_jsonb("l"."notes")), 0) END), 0)
-                     + coalesce(sum(CASE WHEN "l"."retries" IS NOT NULL THEN hash_record_extended(ROW( -1, "l"."payment_uuid", 'retries'::text, to_jsonb("l"."retries")), 0) END), 0)
+                     + coalesce(sum(CASE WHEN "l"."gateway_response" IS NOT NULL THEN hash_record_extended(ROW( -1, "l"."payment_uuid", 'gateway_response'::text, hash_record_extended(ROW(CAST("l"."gateway_response" AS jsonb)), 0)), 0) END), 0)
+                     + coalesce(sum(CASE WHEN "l"."notes" IS NOT NULL THEN hash_record_extended(ROW( -1, "l"."payment_uuid", 'notes'::text, hash_record_extended(ROW(CAST("l"."notes" AS text)), 0)), 0) END), 0)
+                     + coalesce(sum(CASE WHEN "l"."retries" IS NOT NULL THEN hash_record_extended(ROW( -1, "l"."payment_uuid", 'retries'::text, hash_record_extended(ROW(CAST("l"."retries" AS bigint)), 0)), 0) END), 0)
                      + coalesce(sum(CASE WHEN (l."method" IS NULL OR l."method" NOT IN ('card', 'bank_transfer') OR l."amount" IS NULL OR l."currency" IS NULL OR (l."method" = 'card' AND l."card_last4" IS NULL) OR (l."method" = 'bank_transfer' AND l."iban" IS NULL)) THEN hash_record_extended(ROW( -2, "l"."payment_uuid"), 0) END), 0) AS hash
           FROM "billing"."legacy_payments" AS l
          WHERE "l"."payment_uuid" >= $1::uuid AND "l"."payment_uuid" < $2::uuid AND ("l"."payment_uuid" = ANY ($3::text[]::uuid[])) IS NOT TRUE) AS l,
@@ -50,7 +50,7 @@ SELECT l.rows, l.parts, l.hash, s.parts, s.hash
                 UNION ALL
                 SELECT hash_record_extended(ROW(2, "c"."payment_uuid", "c"."iban", "c"."bic"), 0) FROM "billing_v2"."bank_transfers" AS c WHERE "c"."payment_uuid" >= $1::uuid AND "c"."payment_uuid" < $2::uuid
                 UNION ALL
-                SELECT hash_record_extended(ROW( -1, "c"."payment_uuid", "c"."name", "c"."data"), 0) FROM "billing_v2"."payment_attributes" AS c WHERE "c"."payment_uuid" >= $1::uuid AND "c"."payment_uuid" < $2::uuid) AS p (h)) AS s;
+                SELECT hash_record_extended(ROW( -1, "c"."payment_uuid", "c"."name", CASE "c"."name" WHEN 'gateway_response' THEN hash_record_extended(ROW("c"."data"), 0) WHEN 'notes' THEN hash_record_extended(ROW(("c"."data" #>> '{}')::text), 0) WHEN 'retries' THEN hash_record_extended(ROW(("c"."data" #>> '{}')::bigint), 0) ELSE hash_record_extended(ROW("c"."data"), 0) END), 0) FROM "billing_v2"."payment_attributes" AS c WHERE "c"."payment_uuid" >= $1::uuid AND "c"."payment_uuid" < $2::uuid) AS p (h)) AS s;
 COMMIT;
 
 -- where a chunk's hashes differ: its rows that differ, column by column
@@ -243,8 +243,9 @@ COMMIT;
 BEGIN;
 SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
--- One branch per meta column: the meta row must hold to_jsonb(legacy value), as the trigger writes it, and exist
--- exactly when the legacy value is not NULL. Keys without a base row are legacy_missing's to report.
+-- One branch per meta column: the meta row must hold the legacy value (compared as a value of the column's type,
+-- not as JSON text), and exist exactly when the legacy value is not NULL. Keys without a base row are
+-- legacy_missing's to report.
 SELECT l."payment_uuid"::text AS key, 'meta_values' AS check,
        CASE WHEN m."data" IS NULL
             THEN 'gateway_response' || ' is set in legacy but ' || 'billing_v2.payment_attributes' || ' has no ' || quote_literal('gateway_response')
@@ -259,10 +260,12 @@ SELECT l."payment_uuid"::text AS key, 'meta_values' AS check,
   JOIN "billing_v2"."payments" AS b ON b."payment_uuid" = l."payment_uuid" AND "b"."payment_uuid" >= $1::uuid AND "b"."payment_uuid" < $2::uuid
   LEFT JOIN "billing_v2"."payment_attributes" AS m ON m."payment_uuid" = l."payment_uuid" AND m."name" = 'gateway_response' AND "m"."payment_uuid" >= $1::uuid AND "m"."payment_uuid" < $2::uuid
  WHERE "l"."payment_uuid" >= $1::uuid AND "l"."payment_uuid" < $2::uuid
-   AND m."data" IS DISTINCT FROM to_jsonb(l."gateway_response")
+   AND (m."data" IS NULL OR l."gateway_response" IS NULL OR "m"."data" IS DISTINCT FROM CAST("l"."gateway_response" AS jsonb))
+   AND (m."data" IS NOT NULL OR l."gateway_response" IS NOT NULL)
 UNION ALL
--- One branch per meta column: the meta row must hold to_jsonb(legacy value), as the trigger writes it, and exist
--- exactly when the legacy value is not NULL. Keys without a base row are legacy_missing's to report.
+-- One branch per meta column: the meta row must hold the legacy value (compared as a value of the column's type,
+-- not as JSON text), and exist exactly when the legacy value is not NULL. Keys without a base row are
+-- legacy_missing's to report.
 SELECT l."payment_uuid"::text AS key, 'meta_values' AS check,
        CASE WHEN m."data" IS NULL
             THEN 'notes' || ' is set in legacy but ' || 'billing_v2.payment_attributes' || ' has no ' || quote_literal('notes')
@@ -277,10 +280,12 @@ SELECT l."payment_uuid"::text AS key, 'meta_values' AS check,
   JOIN "billing_v2"."payments" AS b ON b."payment_uuid" = l."payment_uuid" AND "b"."payment_uuid" >= $1::uuid AND "b"."payment_uuid" < $2::uuid
   LEFT JOIN "billing_v2"."payment_attributes" AS m ON m."payment_uuid" = l."payment_uuid" AND m."name" = 'notes' AND "m"."payment_uuid" >= $1::uuid AND "m"."payment_uuid" < $2::uuid
  WHERE "l"."payment_uuid" >= $1::uuid AND "l"."payment_uuid" < $2::uuid
-   AND m."data" IS DISTINCT FROM to_jsonb(l."notes")
+   AND (m."data" IS NULL OR l."notes" IS NULL OR ("m"."data" #>> '{}')::text IS DISTINCT FROM CAST("l"."notes" AS text))
+   AND (m."data" IS NOT NULL OR l."notes" IS NOT NULL)
 UNION ALL
--- One branch per meta column: the meta row must hold to_jsonb(legacy value), as the trigger writes it, and exist
--- exactly when the legacy value is not NULL. Keys without a base row are legacy_missing's to report.
+-- One branch per meta column: the meta row must hold the legacy value (compared as a value of the column's type,
+-- not as JSON text), and exist exactly when the legacy value is not NULL. Keys without a base row are
+-- legacy_missing's to report.
 SELECT l."payment_uuid"::text AS key, 'meta_values' AS check,
        CASE WHEN m."data" IS NULL
             THEN 'retries' || ' is set in legacy but ' || 'billing_v2.payment_attributes' || ' has no ' || quote_literal('retries')
@@ -295,7 +300,8 @@ SELECT l."payment_uuid"::text AS key, 'meta_values' AS check,
   JOIN "billing_v2"."payments" AS b ON b."payment_uuid" = l."payment_uuid" AND "b"."payment_uuid" >= $1::uuid AND "b"."payment_uuid" < $2::uuid
   LEFT JOIN "billing_v2"."payment_attributes" AS m ON m."payment_uuid" = l."payment_uuid" AND m."name" = 'retries' AND "m"."payment_uuid" >= $1::uuid AND "m"."payment_uuid" < $2::uuid
  WHERE "l"."payment_uuid" >= $1::uuid AND "l"."payment_uuid" < $2::uuid
-   AND m."data" IS DISTINCT FROM to_jsonb(l."retries");
+   AND (m."data" IS NULL OR l."retries" IS NULL OR ("m"."data" #>> '{}')::bigint IS DISTINCT FROM CAST("l"."retries" AS bigint))
+   AND (m."data" IS NOT NULL OR l."retries" IS NOT NULL);
 COMMIT;
 
 -- check meta_keys (where a chunk's hashes differ): no meta row under a key the spec does not list

@@ -8,7 +8,7 @@ CREATE SCHEMA IF NOT EXISTS "migrator";
 
 CREATE TABLE IF NOT EXISTS "migrator".state (
     migration    text PRIMARY KEY,
-    state        text NOT NULL DEFAULT 'legacy' CHECK (state IN ('legacy', 'dual_write', 'backfilled', 'validated', 'read_new', 'write_new', 'contracted')),
+    state        text NOT NULL DEFAULT 'legacy' CHECK (state IN ('legacy', 'dual_write', 'backfilled', 'validated', 'read_new', 'write_new', 'contracted', 'finalized')),
     read_percent bigint NOT NULL DEFAULT 0 CHECK (read_percent BETWEEN 0 AND 100),
     paused       boolean NOT NULL DEFAULT false,
     spec         jsonb,

@@ -35,9 +35,9 @@ SET LOCAL statement_timeout = '600000ms';
 -- each part's hash_record_extended is summed. Equal sums mean equal multisets of split rows, except with
 -- probability ~2^-64; sum, not XOR, so a part present twice does not cancel out.
 SELECT l.rows, l.parts, l.hash, s.parts, s.hash
-  FROM (SELECT count(*) AS rows, count(*) + count(CASE "l"."project_type" WHEN 'school' THEN hash_record_extended(ROW(1, "l"."id", CASE WHEN "l"."project_type" = 'school' THEN "l"."course_name" END, CASE WHEN "l"."project_type" = 'school' THEN "l"."course_code" END, CASE WHEN "l"."project_type" = 'school' THEN "l"."teacher_name" END), 0) WHEN 'self_study' THEN hash_record_extended(ROW(2, "l"."id", CASE WHEN "l"."project_type" = 'self_study' THEN "l"."goal_description" END, CASE WHEN "l"."project_type" = 'self_study' THEN "l"."study_frequency" END), 0) END) + count(CASE WHEN "l"."syllabus" IS NOT NULL THEN hash_record_extended(ROW( -1, "l"."id", 'syllabus'::text, to_jsonb("l"."syllabus")), 0) END) + count(CASE WHEN (l."project_type" IS NULL OR l."project_type" NOT IN ('school', 'self_study') OR l."name" IS NULL OR l."owner_id" IS NULL OR l."is_draft" IS NULL OR l."created_at" IS NULL OR l."updated_at" IS NULL OR (l."project_type" = 'school' AND l."course_name" IS NULL) OR (l."project_type" = 'school' AND l."course_code" IS NULL) OR (l."project_type" = 'school' AND l."teacher_name" IS NULL) OR (l."project_type" = 'self_study' AND l."goal_description" IS NULL) OR (l."project_type" = 'self_study' AND l."study_frequency" IS NULL)) THEN hash_record_extended(ROW( -2, "l"."id"), 0) END) AS parts, coalesce(sum(hash_record_extended(ROW(0, "l"."id", "l"."name", "l"."project_type", "l"."owner_id", "l"."start_date", "l"."end_date", "l"."is_draft", "l"."created_at", "l"."updated_at"), 0)), 0)
+  FROM (SELECT count(*) AS rows, count(*) + count(CASE "l"."project_type" WHEN 'school' THEN hash_record_extended(ROW(1, "l"."id", CASE WHEN "l"."project_type" = 'school' THEN "l"."course_name" END, CASE WHEN "l"."project_type" = 'school' THEN "l"."course_code" END, CASE WHEN "l"."project_type" = 'school' THEN "l"."teacher_name" END), 0) WHEN 'self_study' THEN hash_record_extended(ROW(2, "l"."id", CASE WHEN "l"."project_type" = 'self_study' THEN "l"."goal_description" END, CASE WHEN "l"."project_type" = 'self_study' THEN "l"."study_frequency" END), 0) END) + count(CASE WHEN "l"."syllabus" IS NOT NULL THEN hash_record_extended(ROW( -1, "l"."id", 'syllabus'::text, hash_record_extended(ROW(CAST("l"."syllabus" AS jsonb)), 0)), 0) END) + count(CASE WHEN (l."project_type" IS NULL OR l."project_type" NOT IN ('school', 'self_study') OR l."name" IS NULL OR l."owner_id" IS NULL OR l."is_draft" IS NULL OR l."created_at" IS NULL OR l."updated_at" IS NULL OR (l."project_type" = 'school' AND l."course_name" IS NULL) OR (l."project_type" = 'school' AND l."course_code" IS NULL) OR (l."project_type" = 'school' AND l."teacher_name" IS NULL) OR (l."project_type" = 'self_study' AND l."goal_description" IS NULL) OR (l."project_type" = 'self_study' AND l."study_frequency" IS NULL)) THEN hash_record_extended(ROW( -2, "l"."id"), 0) END) AS parts, coalesce(sum(hash_record_extended(ROW(0, "l"."id", "l"."name", "l"."project_type", "l"."owner_id", "l"."start_date", "l"."end_date", "l"."is_draft", "l"."created_at", "l"."updated_at"), 0)), 0)
                      + coalesce(sum(CASE "l"."project_type" WHEN 'school' THEN hash_record_extended(ROW(1, "l"."id", CASE WHEN "l"."project_type" = 'school' THEN "l"."course_name" END, CASE WHEN "l"."project_type" = 'school' THEN "l"."course_code" END, CASE WHEN "l"."project_type" = 'school' THEN "l"."teacher_name" END), 0) WHEN 'self_study' THEN hash_record_extended(ROW(2, "l"."id", CASE WHEN "l"."project_type" = 'self_study' THEN "l"."goal_description" END, CASE WHEN "l"."project_type" = 'self_study' THEN "l"."study_frequency" END), 0) END), 0)
-                     + coalesce(sum(CASE WHEN "l"."syllabus" IS NOT NULL THEN hash_record_extended(ROW( -1, "l"."id", 'syllabus'::text, to_jsonb("l"."syllabus")), 0) END), 0)
+                     + coalesce(sum(CASE WHEN "l"."syllabus" IS NOT NULL THEN hash_record_extended(ROW( -1, "l"."id", 'syllabus'::text, hash_record_extended(ROW(CAST("l"."syllabus" AS jsonb)), 0)), 0) END), 0)
                      + coalesce(sum(CASE WHEN (l."project_type" IS NULL OR l."project_type" NOT IN ('school', 'self_study') OR l."name" IS NULL OR l."owner_id" IS NULL OR l."is_draft" IS NULL OR l."created_at" IS NULL OR l."updated_at" IS NULL OR (l."project_type" = 'school' AND l."course_name" IS NULL) OR (l."project_type" = 'school' AND l."course_code" IS NULL) OR (l."project_type" = 'school' AND l."teacher_name" IS NULL) OR (l."project_type" = 'self_study' AND l."goal_description" IS NULL) OR (l."project_type" = 'self_study' AND l."study_frequency" IS NULL)) THEN hash_record_extended(ROW( -2, "l"."id"), 0) END), 0) AS hash
           FROM "public"."core_project" AS l
          WHERE "l"."id" >= $1::bigint AND "l"."id" < $2::bigint AND ("l"."id" = ANY ($3::text[]::bigint[])) IS NOT TRUE) AS l,
@@ -48,7 +48,7 @@ SELECT l.rows, l.parts, l.hash, s.parts, s.hash
                 UNION ALL
                 SELECT hash_record_extended(ROW(2, "c"."project_id", "c"."goal_description", "c"."study_frequency"), 0) FROM "public"."self_study_projects" AS c WHERE "c"."project_id" >= $1::bigint AND "c"."project_id" < $2::bigint
                 UNION ALL
-                SELECT hash_record_extended(ROW( -1, "c"."project_id", "c"."key", "c"."value"), 0) FROM "public"."project_meta" AS c WHERE "c"."project_id" >= $1::bigint AND "c"."project_id" < $2::bigint) AS p (h)) AS s;
+                SELECT hash_record_extended(ROW( -1, "c"."project_id", "c"."key", CASE "c"."key" WHEN 'syllabus' THEN hash_record_extended(ROW("c"."value"), 0) ELSE hash_record_extended(ROW("c"."value"), 0) END), 0) FROM "public"."project_meta" AS c WHERE "c"."project_id" >= $1::bigint AND "c"."project_id" < $2::bigint) AS p (h)) AS s;
 COMMIT;
 
 -- where a chunk's hashes differ: its rows that differ, column by column
@@ -245,8 +245,9 @@ COMMIT;
 BEGIN;
 SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
--- One branch per meta column: the meta row must hold to_jsonb(legacy value), as the trigger writes it, and exist
--- exactly when the legacy value is not NULL. Keys without a base row are legacy_missing's to report.
+-- One branch per meta column: the meta row must hold the legacy value (compared as a value of the column's type,
+-- not as JSON text), and exist exactly when the legacy value is not NULL. Keys without a base row are
+-- legacy_missing's to report.
 SELECT l."id"::text AS key, 'meta_values' AS check,
        CASE WHEN m."value" IS NULL
             THEN 'syllabus' || ' is set in legacy but ' || 'project_meta' || ' has no ' || quote_literal('syllabus')
@@ -261,7 +262,8 @@ SELECT l."id"::text AS key, 'meta_values' AS check,
   JOIN "public"."projects" AS b ON b."id" = l."id" AND "b"."id" >= $1::bigint AND "b"."id" < $2::bigint
   LEFT JOIN "public"."project_meta" AS m ON m."project_id" = l."id" AND m."key" = 'syllabus' AND "m"."project_id" >= $1::bigint AND "m"."project_id" < $2::bigint
  WHERE "l"."id" >= $1::bigint AND "l"."id" < $2::bigint
-   AND m."value" IS DISTINCT FROM to_jsonb(l."syllabus");
+   AND (m."value" IS NULL OR l."syllabus" IS NULL OR "m"."value" IS DISTINCT FROM CAST("l"."syllabus" AS jsonb))
+   AND (m."value" IS NOT NULL OR l."syllabus" IS NOT NULL);
 COMMIT;
 
 -- check meta_keys (where a chunk's hashes differ): no meta row under a key the spec does not list

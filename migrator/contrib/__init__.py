@@ -1,0 +1,1 @@
+"""Integrations with application frameworks (each an optional extra: `pip install migrator[django]`)."""

@@ -262,7 +262,8 @@ def lifecycle_steps(spec: Spec, db: Database, args: argparse.Namespace) -> list[
         SwitchWrites(),
         Contract(contract.Options(quiet_period=1.0, wait=60)),
     ]
-    assert [p.name for p in phases] == list(lifecycle.PHASE_NAMES)
+    # Every phase with a rollback (finalize has none, and drops the archive the rollback from contracted needs).
+    assert [p.name for p in phases] == list(lifecycle.PHASE_NAMES[: len(phases)])
     ctx = Context(spec, db, reporter=NullReporter())
     rollback_opts = RollbackOptions(max_rows_per_second=args.reverse_rate or None, full_speed=args.full_speed)
 
@@ -376,6 +377,9 @@ def main() -> None:
             )
         worker.join()
         duration_b = time.monotonic() - t0
+        if errors:
+            # The lifecycle itself failed: say how, rather than a ledger check against tables that may not exist.
+            raise SystemExit(f"the lifecycle failed after {len(steps)} steps: {errors[0]!r}")
         txs_b = transactions(logdir, "b_")
         lat_b = [lat for _, lat in txs_b]
         with psycopg.connect(dsn) as conn:

@@ -73,12 +73,19 @@ def _to_url(dsn: str) -> URL:
         except psycopg.ProgrammingError as exc:
             raise BadInputError(f"cannot parse DSN: {_first_line(str(exc))}") from None
         query = {k: str(v) for k, v in parts.items() if k not in ("user", "password", "host", "port", "dbname")}
-        port = parts.get("port")
+        host, port = parts.get("host"), parts.get("port")
+        if host and str(host).startswith("/"):
+            # A socket directory is no URL host (it would become the path): libpq takes it, and its port, as query
+            # parameters of the URL instead.
+            query["host"] = str(host)
+            if port:
+                query["port"] = str(port)
+            host = port = None
         return URL.create(
             "postgresql+psycopg",
             username=_opt(parts.get("user")),
             password=_opt(parts.get("password")),
-            host=_opt(parts.get("host")),
+            host=_opt(host),
             port=int(str(port)) if port else None,
             database=_opt(parts.get("dbname")),
             query=query,

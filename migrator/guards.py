@@ -15,17 +15,32 @@ from migrator.db import Database
 from migrator.errors import GuardFailed
 from migrator.spec import Spec
 from migrator.sqlgen import ddl, names, views
-from migrator.sqlgen.compose import as_text, ident, render
+from migrator.sqlgen.compose import as_text, ident, join, render
+from migrator.verify.queries import text_compared
 from migrator.verify.runner import run_validation
 
 
 def diff(conn: psycopg.Connection[Any], spec: Spec, limit: int = 1000) -> list[tuple[str, Any]]:
     """(side, key) of rows where legacy and split disagree, open quarantine left out. One statement, so both
     sides are read in one snapshot while the application writes."""
+    # EXCEPT needs an equality operator per column: types without one (json) are compared by their text.
+    types = {spec.pk: spec.source.primary_key_type, **{c: cs.type for _, _, c, cs in spec.iter_columns()}}
+    columns = join(
+        [
+            sql.SQL("(x.{0})::text AS {0}").format(ident(c))
+            if text_compared(types[c])
+            else sql.SQL("x.{}").format(ident(c))
+            for c in spec.legacy_columns()
+        ]
+    )
+
+    def comparable(query: sql.Composed) -> sql.Composed:
+        return sql.SQL("SELECT {} FROM ({}) AS x").format(columns, query)
+
     query = render(
         "guard_diff",
-        legacy=views.legacy_normalized(spec),
-        split=views.split_as_legacy(spec),
+        legacy=comparable(views.legacy_normalized(spec)),
+        split=comparable(views.split_as_legacy(spec)),
         quarantine=names.state(spec, "quarantine"),
         pk=ident(spec.pk),
     )

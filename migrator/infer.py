@@ -17,7 +17,6 @@ The result is a TOML text that parses, with its reasoning in comments; an operat
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from migrator import jsonenc
 from migrator.errors import BadInputError, TableDoesNotExist
 from migrator.spec import Spec, spec_from_toml
 from migrator.sqlgen.compose import as_text, ident
@@ -294,7 +294,7 @@ def _slug(text: str) -> str:
 
 def _str(value: str) -> str:
     # A TOML basic string: JSON's escapes are TOML's (\", \\, \n, \uXXXX).
-    return json.dumps(value, ensure_ascii=False)
+    return jsonenc.dumps(value, ensure_ascii=False)
 
 
 def _key(name: str) -> str:

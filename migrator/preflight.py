@@ -93,7 +93,10 @@ def _has_rows(conn: psycopg.Connection[Any], table: sql.Identifier) -> bool:
 def _same_types(conn: psycopg.Connection[Any], spec: Spec, table: str, have: dict[str, str]) -> None:
     """The spec's columns of a kept split table must have the spec's types: PostgreSQL formats both (a throwaway
     temporary table with the spec's column types, rolled back), so varchar(50) and character varying(50) agree."""
-    declared = {spec.base.table: spec.base.columns, **{v.table: v.columns for v in spec.variants}}.get(table, {})
+    declared = {
+        spec.base.table: spec.stored(spec.base.columns),
+        **{v.table: spec.stored(v.columns) for v in spec.variants},
+    }.get(table, {})
     if not declared:
         return
     probe = ident("pg_temp", "migrator_preflight_types")

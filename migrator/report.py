@@ -9,6 +9,7 @@ whose projects are listed is one sampled row's.
 
 from __future__ import annotations
 
+import html
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -458,3 +459,88 @@ def measure(
             "— run ANALYZE on them, or `migrator report --analyze`"
         )
     return rep
+
+
+# -- the HTML page --------------------------------------------------------------------------------------------
+# Hand-written inline SVG: the page is one self-contained file that renders without scripts or network, and
+# needs no plotting library (plotly's offline bundle alone is 3 MB; matplotlib would be a heavy dependency for
+# a few bars). One small script only counts the drawn bars, so a headless browser can confirm the charts render.
+
+_COLOURS = {"legacy": "#8c8c8c", "split": "#2f6fb0", "heap": "#2f6fb0", "toast": "#f0a030", "indexes": "#5aa05a"}
+_VERDICT = {"met": "#2e7d32", "partly met": "#b26a00", "not met": "#c62828"}
+
+
+def _bars(chart: str, rows: list[tuple[str, list[tuple[str, float]]]], unit: str) -> str:
+    """Horizontal bars, each row a stack of (part, value); scaled to the largest row."""
+    width, label_w, row_h = 640, 170, 28
+    top = max((sum(v for _, v in parts) for _, parts in rows), default=0) or 1
+    out = [f'<svg class="chart" data-chart="{chart}" width="{width + label_w + 90}" height="{len(rows) * row_h + 10}">']
+    for i, (label, parts) in enumerate(rows):
+        y = 5 + i * row_h
+        out.append(f'<text x="0" y="{y + 17}">{html.escape(label)}</text>')
+        x = float(label_w)
+        for part, value in parts:
+            w = value / top * width
+            out.append(
+                f'<rect class="bar" data-part="{part}" x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row_h - 8}" '
+                f'fill="{_COLOURS.get(part, "#777")}"><title>{html.escape(part)}: {value:,.2f} {unit}</title></rect>'
+            )
+            x += w
+        total = sum(v for _, v in parts)
+        out.append(f'<text x="{x + 6:.1f}" y="{y + 17}">{total:,.2f} {unit}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def render_html(details: dict[str, Any]) -> str:
+    """A self-contained page: storage and query-time bar charts, the expectations with verdicts, the notes."""
+    mb = 1024 * 1024
+    st = details["storage"]
+    storage_rows = [
+        (side, [(part, st[side][part] / mb) for part in ("heap", "toast", "indexes")]) for side in ("legacy", "split")
+    ]
+    query_charts = "\n".join(
+        f"<h3>{html.escape(q['name'])} <small>{html.escape(q['description'])} · {q['change_pct']:+.1f}%</small></h3>\n"
+        + _bars(
+            f"query-{q['name']}",
+            [(side, [(side, q[side]["median_ms"])]) for side in ("legacy", "split")],
+            "ms",
+        )
+        for q in details["queries"]
+    )
+    rows = "\n".join(
+        f"<tr><td>{html.escape(e['claim'])}</td><td>{html.escape(e['expected'])}</td>"
+        f"<td>{html.escape(e['measured'])}</td>"
+        f'<td class="verdict" style="color:{_VERDICT.get(e["verdict"], "#000")}">{html.escape(e["verdict"])}</td></tr>'
+        for e in details["expectations"]
+    )
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in details.get("notes", []))
+    legend = " ".join(f'<span style="color:{_COLOURS[p]}">■</span> {p}' for p in ("heap", "toast", "indexes"))
+    title = f"migrator report: {details['migration']} ({details['state']})"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; }}
+.verdict {{ font-weight: bold; }} svg text {{ font: 12px system-ui, sans-serif; fill: #222; }}
+small {{ color: #666; font-weight: normal; }}
+</style></head>
+<body data-bars-rendered="0">
+<h1>{html.escape(title)}</h1>
+<h2>The seed's expectations</h2>
+<table><tr><th>claim</th><th>expected</th><th>measured</th><th>verdict</th></tr>
+{rows}
+</table>
+<h2>Storage (MB) · {st["change_pct"]:+.1f}%</h2>
+<p>{legend}</p>
+{_bars("storage", storage_rows, "MB")}
+<h2>Queries (median of {details["runs"]} runs, ms)</h2>
+{query_charts}
+<ul>{notes}</ul>
+<script>
+document.body.dataset.barsRendered = String(
+  Array.from(document.querySelectorAll("svg.chart rect.bar")).filter(r => r.getBoundingClientRect().width > 0).length
+);
+</script>
+</body></html>
+"""

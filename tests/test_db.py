@@ -31,6 +31,16 @@ def test_keyword_dsn_is_accepted() -> None:
 
 
 @pytest.mark.unit
+def test_keyword_dsn_with_a_socket_directory_keeps_it_as_the_host() -> None:
+    """host=/dir in a keyword DSN reaches libpq as the socket directory (with its port), not as a URL path."""
+    db = Database("host=/var/run/postgresql port=5433 dbname=app user=mig")
+    assert db.url.host is None
+    assert db.url.database == "app"
+    assert db.url.query["host"] == "/var/run/postgresql"
+    assert db.url.query["port"] == "5433"
+
+
+@pytest.mark.unit
 def test_empty_dsn_is_bad_input() -> None:
     """An empty DSN is a BadInputError, not a crash."""
     with pytest.raises(BadInputError):

@@ -44,6 +44,10 @@ CASES: dict[str, tuple[str, str]] = {
     "doctor": ("test_doctor", "test_doctor"),
     "models": ("tests/test_modelgen.py::test_models_command_json", "tests/test_modelgen.py::test_models_command_json"),
     "report": ("tests/test_report.py::test_report_command_json", "tests/test_report.py::test_report_command_json"),
+    "finalize": (
+        "tests/test_finalize.py::test_cli_json_with_dump",
+        "tests/test_finalize.py::test_refused_before_the_retention_period",
+    ),
     "infer-spec": (
         "tests/test_infer.py::test_infer_spec_command_output_passes_plan",
         "tests/test_infer.py::test_inferred_orders_spec_passes_plan",

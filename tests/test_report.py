@@ -3,8 +3,12 @@ with EXPLAIN (ANALYZE, BUFFERS), and the seed's expectations with verdicts; refu
 
 from __future__ import annotations
 
+import re
+import shutil
 import statistics
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -141,3 +145,40 @@ def test_report_command_renders_tables(run_cli: Any, backfilled: Any) -> None:
     assert r.exit_code == 0, r.stderr
     for text in ("storage", "abandoned_drafts", "the seed's expectations", "draft cleanup"):
         assert text in r.stdout
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.db
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian package chromium)")
+def test_html_page_renders_charts_in_chromium(run_cli: Any, backfilled: Any, tmp_path: Path) -> None:
+    """`report --html FILE` writes one self-contained page; headless Chromium lays out every non-empty bar of the
+    storage and query charts (the page's own script counts drawn bars) and shows the verdicts."""
+    url, _ = backfilled
+    page = tmp_path / "report.html"
+    r = check(run_cli("--dsn", url, "--json", "report", "--runs", "1", "--html", str(page)), "report", 0)
+    assert r["details"]["html"] == str(page)
+    text = page.read_text()
+    assert "http://" not in text
+    assert "https://" not in text
+    assert "<script src" not in text
+    details = r["details"]
+    storage = details["storage"]
+    expected = sum(1 for side in ("legacy", "split") for p in ("heap", "toast", "indexes") if storage[side][p] > 0)
+    expected += sum(1 for q in details["queries"] for side in ("legacy", "split") if q[side]["median_ms"] > 0)
+    assert CHROMIUM is not None
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    rendered = re.search(r'data-bars-rendered="(\d+)"', dom)
+    assert rendered is not None, dom[:500]
+    assert int(rendered.group(1)) == expected > 6
+    assert 'data-chart="storage"' in dom
+    assert all(f'data-chart="query-{q["name"]}"' in dom for q in details["queries"])
+    assert "The seed's expectations" in dom
+    assert dom.count('class="verdict"') == len(details["expectations"])

@@ -524,3 +524,17 @@ def test_rollback_from_contracted_refuses_rows_legacy_checks_would_refuse(orders
         assert state.read(c, spec).state == "write_new"
         assert c.execute("SELECT wrap FROM shop.orders WHERE id = %s", [row[0]]).fetchone() == ("bag",)
         assert guards.diff(c, spec) == []
+
+
+def test_expand_again_keeps_split_tables_with_generated_columns(lines: tuple[Database, Spec]) -> None:
+    """After a rollback to legacy that keeps the split tables, a new expand accepts them: the computed generated
+    column is not expected on any split table, the stored one is there."""
+    db, spec = lines
+    ctx = Context(spec, db)
+    Expand().apply(ctx)
+    operations.rollback(ctx)
+    Expand().apply(ctx)
+    Backfill().apply(ctx)
+    with db.connect(autocommit=True) as c:
+        assert state.read(c, spec).state == "backfilled"
+        assert guards.diff(c, spec) == []

@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, int]] = [
     ("migrator.doctor", 3),
     ("migrator.preflight", 3),
     ("migrator.spec_check", 3),
+    ("migrator.infer", 3),
     ("migrator.modelgen", 3),
     ("migrator.verify", 4),
     ("migrator.copy", 4),

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
 from migrator import console
 from migrator.cli.app import App, cli, done, examples, pass_app
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _dedented(fn: F) -> F:
+    # examples() appends an unindented section, after which click no longer strips the docstring's own indent.
+    fn.__doc__ = inspect.cleandoc(fn.__doc__ or "")
+    return fn
 
 
 @cli.command()
@@ -22,6 +34,7 @@ from migrator.cli.app import App, cli, done, examples, pass_app
     "migrator models --django --app projects_v2 --legacy-defaults",
     "migrator --spec payments.toml models --sqlalchemy > payments/models.py",
 )
+@_dedented
 @pass_app
 def models(app: App, framework: str | None, app_label: str | None, legacy_defaults: bool) -> None:
     """Print the models of the split tables, from the spec: the base with type-specific queries, the one-to-one

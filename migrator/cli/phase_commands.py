@@ -39,8 +39,8 @@ _LIMITS = Limits()
 
 def long_job(fn: F) -> F:
     """The options every long job (backfill, validate, rollback's reverse backfill) shares, declared once: the
-    health limits it waits on between chunks (given to the command as one `health` Limits), and its metrics
-    (served and/or written while the command runs)."""
+    health limits it waits on between chunks (given to the command as one `health` Limits), --full-speed (passed
+    on as it is), and its metrics (served and/or written while the command runs)."""
 
     @functools.wraps(fn)
     def command(
@@ -104,6 +104,11 @@ def long_job(fn: F) -> F:
             help="A health signal that cannot be read counts as green (default: red, the job waits).",
         ),
         click.option(
+            "--full-speed",
+            is_flag=True,
+            help="Run as fast as the server goes, instead of the pace the application's load allows (the default).",
+        ),
+        click.option(
             "--metrics-port",
             type=click.IntRange(0, 65535),
             help="Serve Prometheus metrics on this port while the job runs (0: any free port, printed).",
@@ -159,11 +164,6 @@ def _said(app: App, command: str) -> None:
     "Seconds a chunk waits for an application's row lock before it retries smaller.",
 )
 @click.option("--join", "join_", is_flag=True, help="Lend workers to a backfill another process coordinates.")
-@click.option(
-    "--full-speed",
-    is_flag=True,
-    help="Copy as fast as the server goes, instead of the default pace that adapts to the application's load.",
-)
 @long_job
 @reason_option
 @examples(
@@ -293,6 +293,7 @@ def validate(
     chunk_rows: int | None,
     workers: int | None,
     max_rows_per_second: float | None,
+    full_speed: bool,
     reason: str | None,
     health: Limits,
 ) -> None:
@@ -310,6 +311,7 @@ def validate(
         chunk_rows=chunk_rows or defaults.chunk_rows,
         workers=workers or defaults.workers,
         max_rows_per_second=max_rows_per_second,
+        full_speed=full_speed,
         health=health,
     )
     start = begin(app, check_spec=True)
@@ -429,11 +431,6 @@ def contract(app: App, quiet_period: float, compat_view: bool, wait: float, reas
     "Before the reverse sync goes: seconds the split tables must have gone without direct writes.",
 )
 @defaulted("--wait", finite(min=0), 0, "Seconds to keep waiting for that quiet period instead of refusing.")
-@click.option(
-    "--full-speed",
-    is_flag=True,
-    help="From contracted: refill legacy as fast as the server goes, not at the pace the application's load allows.",
-)
 @long_job
 @reason_option
 @examples(

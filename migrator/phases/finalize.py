@@ -102,7 +102,8 @@ class Finalize(Phase[Options]):
         last.append(sql.SQL("-- squawk-ignore ban-drop-table\nDROP TABLE IF EXISTS {}").format(archive))
         acts.append(
             Action(
-                f"in one transaction: give {spec.base.table}.{spec.pk} its own key sequence, drop {as_text(archive)}",
+                f"in one transaction: give {spec.base.table}.{spec.pk} its own key sequence (an identity key: a new "
+                f"one, above every key drawn), drop the archive {_archive(spec).replace(chr(34), '')}",
                 _join(last),
                 lock_timeout=MULTI_TABLE_LOCK_TIMEOUT,
                 done_check=sql.SQL("SELECT to_regclass({}) IS NULL").format(literal(as_text(archive))),

@@ -40,6 +40,8 @@ class Options:
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     workers: int = DEFAULT_WORKERS
     max_rows_per_second: float | None = None
+    # Off: the reads pace themselves by the application's load (engine/pace.py); on: as fast as the server goes.
+    full_speed: bool = False
     health: Limits = field(default_factory=Limits)
 
 
@@ -92,6 +94,7 @@ class Validate(Phase[Options]):
                 max_rows_per_second=opts.max_rows_per_second,
                 reporter=ctx.reporter,
                 health=health,
+                full_speed=opts.full_speed,
             )
             self.result = result
             self._write_reports(result)

@@ -31,6 +31,7 @@ from migrator.engine.actions import Query
 from migrator.engine.chunking import RateLimiter
 from migrator.engine.context import NullReporter, Reporter
 from migrator.engine.health import Health
+from migrator.engine.pace import Pacer
 from migrator.engine.session import set_local
 from migrator.errors import TableDoesNotExist, WrongState
 from migrator.spec import Spec
@@ -110,6 +111,7 @@ class Validation:
         max_rows_per_second: float | None = None,
         reporter: Reporter | None = None,
         health: Health | None = None,
+        full_speed: bool = False,
     ) -> None:
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be at least 1")
@@ -120,6 +122,8 @@ class Validation:
         self.reporter: Reporter = reporter or NullReporter()
         # The database's health, waited on before each chunk (None: not checked, as in the guards' validation).
         self.health = health
+        # Reading both sides of a big table costs the application CPU: the same adaptive pace as the copy.
+        self.pacer = Pacer(None) if full_speed else Pacer(lambda: db.raw_connect(autocommit=True), self.reporter.step)
         self._stop = threading.Event()
         self.params: dict[str, Any] = {"migration": spec.migration_name}
         self.queries = Queries(spec)
@@ -150,7 +154,8 @@ class Validation:
     def run(self) -> ValidationResult:
         t0 = time.monotonic()
         try:
-            return self._run(t0)
+            with self.pacer:
+                return self._run(t0)
         finally:
             self._close()
 
@@ -297,7 +302,8 @@ class Validation:
                 self.health.wait_until_green(self._conn(), self._stop)
             c0 = time.monotonic()
             # A lock timeout behind someone's DDL, or a dropped connection, costs this chunk one more try.
-            rows, chunk_found, differs = retry.run_with_retry(lambda: self._examine(chunk), attempts=5)
+            with self.pacer.working():
+                rows, chunk_found, differs = retry.run_with_retry(lambda: self._examine(chunk), attempts=5)
             with self._lock:
                 found.merge(chunk_found)
                 if differs:
@@ -315,6 +321,7 @@ class Validation:
                     seconds=round(time.monotonic() - t0, 3),
                     chunk_ms=round((time.monotonic() - c0) * 1000, 1),
                 )
+            self.pacer.rest(time.monotonic() - c0, self._stop)
             self.limiter.done(rows + len(chunk.quarantined))
 
         if self.workers == 1 or len(chunks) == 1:
@@ -500,5 +507,5 @@ def _sort_key(pair: tuple[str, str]) -> tuple[int, tuple[int, int | str]]:
 
 def run_validation(db: Database, spec: Spec, **settings: Any) -> ValidationResult:
     """Run every check, read-only, in any state that has split tables; the guard later phases call. `settings` are
-    Validation's keyword arguments (chunk_rows, workers, max_rows_per_second, reporter, health)."""
+    Validation's keyword arguments (chunk_rows, workers, max_rows_per_second, reporter, health, full_speed)."""
     return Validation(db, spec, **settings).run()

@@ -20,7 +20,7 @@ DROP FUNCTION IF EXISTS "migrator_pay"."payments_split_sync", "migrator_pay"."pa
 DROP SEQUENCE IF EXISTS "migrator_pay"."payments_split_split_writes", "migrator_pay"."payments_split_legacy_writes";
 COMMIT;
 
--- in one transaction: give payments.payment_uuid its own key sequence, drop "billing"."legacy_payments_archived"
+-- in one transaction: give payments.payment_uuid its own key sequence (an identity key: a new one, above every key drawn), drop the archive billing.legacy_payments_archived
 BEGIN;
 SET LOCAL lock_timeout = '100ms';
 SET LOCAL statement_timeout = '60000ms';

@@ -20,7 +20,7 @@ DROP FUNCTION IF EXISTS "migrator"."core_project_split_sync", "migrator"."core_p
 DROP SEQUENCE IF EXISTS "migrator"."core_project_split_split_writes", "migrator"."core_project_split_legacy_writes";
 COMMIT;
 
--- in one transaction: give projects.id its own key sequence, drop "public"."core_project_archived"
+-- in one transaction: give projects.id its own key sequence (an identity key: a new one, above every key drawn), drop the archive public.core_project_archived
 BEGIN;
 SET LOCAL lock_timeout = '100ms';
 SET LOCAL statement_timeout = '60000ms';

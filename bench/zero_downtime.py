@@ -241,6 +241,13 @@ def run_load(
             return totals
 
 
+class StepPrinter(NullReporter):
+    """The migration's step lines on stderr, stamped, to line them up with the slow transactions."""
+
+    def step(self, message: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
 def lifecycle_steps(spec: Spec, db: Database, args: argparse.Namespace) -> list[tuple[str, Callable[[], object]]]:
     # At default settings the long jobs pace themselves (engine/pace.py); --tuned gives the hand-set caps a DBA
     # would otherwise pick on this 2-core box, --full-speed the jobs without any pace.
@@ -264,7 +271,7 @@ def lifecycle_steps(spec: Spec, db: Database, args: argparse.Namespace) -> list[
     ]
     # Every phase with a rollback (finalize has none, and drops the archive the rollback from contracted needs).
     assert [p.name for p in phases] == list(lifecycle.PHASE_NAMES[: len(phases)])
-    ctx = Context(spec, db, reporter=NullReporter())
+    ctx = Context(spec, db, reporter=StepPrinter() if args.steps else NullReporter())
     rollback_opts = RollbackOptions(max_rows_per_second=args.reverse_rate or None, full_speed=args.full_speed)
 
     def rb() -> object:
@@ -320,6 +327,7 @@ def main() -> None:
         "worker, reverse 5000 rows/s) instead of the defaults",
     )
     ap.add_argument("--full-speed", action="store_true", help="the long jobs without the adaptive pace")
+    ap.add_argument("--steps", action="store_true", help="print the migration's step lines (pace changes too)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     pgbench = find_pgbench()

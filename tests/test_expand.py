@@ -329,3 +329,18 @@ def test_index_build_override_and_unique(projects_spec: Spec) -> None:
     assert [spec.index_phase(i) for i in range(4)] == ["expand", "expand", "expand", "backfill"]
     assert [projects_spec.index_phase(i) for i in range(4)] == ["expand", "backfill", "backfill", "backfill"]
     assert len(index_actions(spec, "expand")) == 3
+
+
+@pytest.mark.db
+def test_expand_runs_doctors_blocking_checks_first(seeded: Database, projects_spec: Spec, run_cli: Any) -> None:
+    """A table already holding the archive's name fails doctor's name check: expand exits 1 naming it and the fix,
+    and creates nothing."""
+    with seeded.connect(autocommit=True) as c:
+        c.execute("CREATE TABLE public.core_project_archived (id int)")
+    r = run_cli("--dsn", seeded.dsn, "expand")
+    assert r.exit_code == 1, r.stderr
+    assert "core_project_archived already exists" in r.stderr
+    assert "rename or drop" in r.stderr
+    with seeded.connect() as c:
+        assert c.execute("SELECT to_regclass('public.projects')").fetchone() == (None,)
+        assert state.read(c, projects_spec).state == "legacy"

@@ -184,3 +184,29 @@ def test_search_path_hijack_does_not_escalate(database_url: str, projects_spec: 
         with psycopg.connect(database_url, autocommit=True) as c:
             c.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(evil)))
             c.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(evil)))
+
+
+def test_the_archive_is_read_only_for_application_roles(roles: Roles, projects_spec: Spec) -> None:
+    """After contract the application role may read the archive but not write it; the rollback from contracted
+    gives it its writes on the legacy table back."""
+    ctx = Context(projects_spec, Database(roles.url(roles.migration)))
+    Expand().apply(ctx)
+    Backfill().apply(ctx)
+    Validate(validate.Options(accept_quarantine=True)).apply(ctx)
+    SwitchReads().apply(ctx)
+    SwitchWrites().apply(ctx)
+    Contract(contract.Options(quiet_period=0)).apply(ctx)
+    with psycopg.connect(roles.url(roles.app), autocommit=True) as app:
+        assert app.execute("SELECT count(*) > 0 FROM public.core_project_archived").fetchone() == (True,)
+        for statement in (
+            "UPDATE public.core_project_archived SET name = 'late' WHERE id = 7",
+            "DELETE FROM public.core_project_archived WHERE id = 7",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(statement)
+    operations.rollback(ctx, opts=RollbackOptions(quiet_period=0))
+    ctx.require_db().dispose()
+    with psycopg.connect(roles.url(roles.app), autocommit=True) as app:
+        app.execute("UPDATE public.core_project SET name = 'back' WHERE id = 7")
+    with psycopg.connect(roles.admin_url, autocommit=True) as c:
+        assert c.execute("SELECT name FROM public.projects WHERE id = 7").fetchone() == ("back",)

@@ -4,6 +4,7 @@ app.py holds the group, the global options and the error handler; the commands l
 tool_commands.py (importing them registers them on the group).
 """
 
+from migrator.cli import cleanup_command as cleanup_command  # registers `migrator cleanup-drafts`
 from migrator.cli import doctor_command as doctor_command  # importing it registers `migrator doctor`
 from migrator.cli import finalize_command as finalize_command  # registers `migrator finalize`
 from migrator.cli import infer_command as infer_command  # registers `migrator infer-spec`

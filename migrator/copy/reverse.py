@@ -192,7 +192,12 @@ def write_back_statements(spec: Spec) -> dict[bool, sql.Composed]:
     """For a legacy table with BEFORE row triggers of its own: after a chunk's legacy writes, the split rows of the
     chunk's key range (lo, hi] take back what those triggers changed (a filled default, a stamped time), as the
     reverse sync does after each write, so legacy equals split once the chunk commits. By chunk: with (True) and
-    without (False) a cursor."""
+    without (False) a cursor.
+
+    The chunk holds its legacy rows' locks, and an application write to a split row takes the split row's lock and
+    then (its reverse sync) the legacy row's: the chunk would deadlock with it by waiting for the split row. So a
+    split row another transaction holds is skipped (SKIP LOCKED): that transaction's own reverse sync writes the
+    legacy row after the chunk commits and writes its triggers' effect back, as for any split write."""
     pk, pk_type = ident(spec.pk), raw(spec.source.primary_key_type)
     targets = [(spec.base.table, spec.pk, written(spec.base.columns))]
     targets += [(v.table, spec.base.link_column, written(v.columns)) for v in spec.variants if written(v.columns)]
@@ -204,8 +209,10 @@ def write_back_statements(spec: Spec) -> dict[bool, sql.Composed]:
             updates.append(
                 sql.SQL(
                     "{name} AS (UPDATE {split} AS s SET ({cols}) = ROW({legacy_vals}) FROM {legacy} AS l "
-                    "WHERE s.{key} = l.{pk} AND {lower} AND l.{pk} <= %(hi)s::{pk_type} "
-                    "AND ({split_vals}) IS DISTINCT FROM ({legacy_vals}) RETURNING 1)"
+                    "WHERE s.{key} = l.{pk} AND s.{key} IN ("
+                    "SELECT c.{key} FROM {split} AS c JOIN {legacy} AS l ON l.{pk} = c.{key} "
+                    "WHERE {lower} AND l.{pk} <= %(hi)s::{pk_type} AND ({split_vals}) IS DISTINCT FROM ({legacy_vals}) "
+                    "FOR NO KEY UPDATE OF c SKIP LOCKED) RETURNING 1)"
                 ).format(
                     name=ident(f"w{i}"),
                     split=names.split(spec, table),
@@ -216,7 +223,7 @@ def write_back_statements(spec: Spec) -> dict[bool, sql.Composed]:
                     pk=pk,
                     lower=after_cursor(spec, "l", not first),
                     pk_type=pk_type,
-                    split_vals=join([rules.column("s", c) for c in columns]),
+                    split_vals=join([rules.column("c", c) for c in columns]),
                 )
             )
         counted = join(

@@ -94,6 +94,7 @@ class Pacer:
         self._window = Window(started=time.monotonic() - (WINDOW - FIRST_WINDOW))
         self._probe_due = False
         self.decisions = 0
+        self._reported = self.duty  # the duty the last pace line said
 
     # -- the workers' side ---------------------------------------------------------------------------------------
 
@@ -175,7 +176,6 @@ class Pacer:
 
     def _decide(self, w: Window) -> bool:
         """Adjust the duty from a window; False when the window needs more samples first."""
-        before = self.duty
         work, rest = w.mean(True), w.mean(False)
         if w.blocked:
             self.duty = max(MIN_DUTY, self.duty * DECREASE)
@@ -196,13 +196,14 @@ class Pacer:
             self.chunk_scale = min(1.0, self.chunk_scale * 1.25)
             self.reason = f"application unaffected ({work:.2f} vs {rest:.2f} active sessions)"
         self.decisions += 1
-        if self._on_change is not None and _crossed(before, self.duty):
+        if self._on_change is not None and _crossed(self._reported, self.duty):
+            self._reported = self.duty
             self._on_change(f"pace: {self.describe()}")
         return True
 
 
 def _crossed(before: float, after: float) -> bool:
-    """A change worth a line in the log: to or from full speed, or by half or more."""
+    """A change since the last line worth a new one: to or from full speed, or by half or more."""
     if (before >= 1.0) != (after >= 1.0):
         return True
     return after <= before / 2 or after >= before * 2

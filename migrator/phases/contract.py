@@ -68,12 +68,13 @@ class Contract(Phase[Options]):
                 names.source(spec), ident(names.archive_name(spec))
             )
         )
+        legacy_grants = grants.table_grants(conn, names.source(spec)) if conn is not None else None
+        swap += grants.revoke_writes(legacy_grants, names.archive(spec))
         if compat_view:
             swap += repoint.compat_view(spec)
             # Defaults in the same transaction: an insert through the view must never meet a view without them.
             swap += repoint.view_defaults(conn, spec) if conn is not None else []
             # The application's roles keep their privileges under the old name: the view gets the table's grants.
-            legacy_grants = grants.table_grants(conn, names.source(spec)) if conn is not None else None
             swap += grants.mirror_statements(legacy_grants, [names.source(spec)])
             # Writes through the view are counted like direct legacy writes: finalize waits for them to stop.
             swap.append(repoint.compat_writes_counter(spec))
@@ -140,11 +141,16 @@ class Contract(Phase[Options]):
         spec = ctx.spec
         # What was re-pointed at the compatibility view (or made on it since) goes back to the table.
         moved = [d for d in dependents.find(conn, spec) if d.handling == "re-point"] if conn is not None else []
+        base = names.split(spec, spec.base.table)
+        write_grants = grants.restore_writes(
+            grants.table_grants(conn, base) if conn is not None else None, names.source(spec)
+        )
         return [
             Action(
                 f"in one transaction: drop the compatibility view, rename {names.archive_name(spec)} back, "
-                "re-install forward and reverse sync" + "".join(f"; re-point {d.kind} {d.name}" for d in moved),
-                join(repoint.restore_statements(spec, dependents.statements(moved)), ";\n"),
+                "re-install forward and reverse sync, give the application's roles their writes back"
+                + "".join(f"; re-point {d.kind} {d.name}" for d in moved),
+                join([*repoint.restore_statements(spec, dependents.statements(moved)), *write_grants], ";\n"),
                 lock_timeout=MULTI_TABLE_LOCK_TIMEOUT,
                 # Done once it committed: a resumed rollback must not drop "the view" that is the table again.
                 done_check=repoint.restore_done_check(spec),

@@ -35,8 +35,8 @@ from migrator.sqlgen.ddl import (
 # The doctor checks whose failure means expand cannot succeed, or would succeed into a migration that cannot finish
 # (contract must rename the table, the backfill must see every row). The others (sessions, replication, disk)
 # describe the moment, not the setup: the long jobs' health signals handle those as they happen.
-BLOCKING_CHECKS = ("server_version", "legacy_table", "primary_key", "ownership", "create", "name_collisions",
-                   "row_level_security")  # fmt: skip
+# Preflight runs first: a missing table (legacy, referenced) is its to report, with its own error.
+BLOCKING_CHECKS = ("server_version", "primary_key", "ownership", "create", "name_collisions", "row_level_security")
 
 
 def _doctor_gate(ctx: Context) -> None:
@@ -141,9 +141,9 @@ class Expand(Phase[Options]):
         return row_security_actions(spec, forced, policies) if enabled else []
 
     def apply(self, ctx: Context) -> None:
-        _doctor_gate(ctx)
         with state.transition(ctx.require_db(), ctx.spec, self.name, (self.left,)) as tr:
             preflight.check(tr.conn, ctx.spec)
+            _doctor_gate(ctx)
             earlier = _earlier_attempt(tr.conn, ctx.spec)
             actions = self.plan(ctx, tr.conn)
             run_actions(tr.conn, actions, on_step=ctx.announce(), lock_timeout=ctx.lock_timeout)

@@ -66,3 +66,33 @@ def sequence_statements(
         for role, privileges in grants.items()
         if "INSERT" in privileges
     ]
+
+
+# What an archive must not take any more: contract leaves the legacy table read-only for the application's roles
+# (a write there would never reach the split tables), and the rollback from contracted gives those back.
+WRITE_PRIVILEGES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
+
+
+def _writes(grants: dict[str | None, list[str]]) -> dict[str | None, list[str]]:
+    return {role: [p for p in privileges if p in WRITE_PRIVILEGES] for role, privileges in grants.items()}
+
+
+def revoke_writes(grants: dict[str | None, list[str]] | None, archive: sql.Identifier) -> list[sql.Composed]:
+    """REVOKE the write privileges each role holds on the table being archived (its SELECT stays)."""
+    if grants is None:
+        return [sql.SQL("-- at apply: REVOKE <each role's write privileges> ON {} FROM <that role>").format(archive)]
+    return [
+        sql.SQL("REVOKE {} ON {} FROM {}").format(
+            raw(", ".join(privileges)), archive, raw("PUBLIC") if role is None else ident(role)
+        )
+        for role, privileges in _writes(grants).items()
+        if privileges
+    ]
+
+
+def restore_writes(grants: dict[str | None, list[str]] | None, table: sql.Identifier) -> list[sql.Composed]:
+    """GRANT back the write privileges: those each role holds on the split base table, which mirrors the legacy
+    table's grants since read_new (the archive itself no longer says what they were)."""
+    if grants is None:
+        return [sql.SQL("-- at apply: GRANT <each role's write privileges on the split base> ON {}").format(table)]
+    return mirror_statements(_writes(grants), [table])

@@ -18,4 +18,5 @@ DROP TRIGGER IF EXISTS "migrator_payments_split_split_writes" ON "billing_v2"."b
 DROP TRIGGER IF EXISTS "migrator_payments_split_split_writes" ON "billing_v2"."payment_attributes";
 -- squawk-ignore renaming-table
 ALTER TABLE "billing"."legacy_payments" RENAME TO "legacy_payments_archived";
+-- at apply: REVOKE <each role's write privileges> ON "billing"."legacy_payments_archived" FROM <that role>;
 COMMIT;

@@ -62,4 +62,5 @@ DROP TRIGGER IF EXISTS "migrator_core_project_split_split_writes" ON "public"."s
 DROP TRIGGER IF EXISTS "migrator_core_project_split_split_writes" ON "public"."project_meta";
 -- squawk-ignore renaming-table
 ALTER TABLE "public"."core_project" RENAME TO "core_project_archived";
+-- at apply: REVOKE <each role's write privileges> ON "public"."core_project_archived" FROM <that role>;
 COMMIT;

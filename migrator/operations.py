@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+
 from migrator import lifecycle, state
 from migrator.engine.actions import Action, script
 from migrator.engine.context import Context
@@ -42,6 +44,27 @@ def plans(
     if lock_timeout is not None:
         ctx.lock_timeout = lock_timeout
     return [(name, cls().plan(ctx)) for name, cls in PHASES.items() if only is None or name in only]
+
+
+def live_plans(
+    ctx: Context, only: list[str] | None = None, options: dict[str, Any] | None = None
+) -> list[tuple[str, list[Action]]]:
+    """Each phase's actions as it would run them on this database now: the catalog fills in what the offline
+    plan leaves as comments (grants, dependents, CHECKs, policies). Read-only: every plan runs in a READ ONLY
+    transaction that is rolled back. A phase whose plan needs what an earlier phase creates is planned offline."""
+    out: list[tuple[str, list[Action]]] = []
+    with ctx.require_db().connect(autocommit=True) as conn:
+        conn.read_only = True
+        for name, cls in PHASES.items():
+            if only is not None and name not in only:
+                continue
+            phase = cls((options or {}).get(name))
+            try:
+                with conn.transaction(force_rollback=True):
+                    out.append((name, phase.plan(ctx, conn)))
+            except psycopg.Error:
+                out.append((name, phase.plan(ctx)))
+    return out
 
 
 def render_script(phases: list[tuple[str, list[Action]]], *, lock_timeout: float | None = None) -> str:

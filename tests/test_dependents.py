@@ -204,3 +204,19 @@ def test_plan_and_doctor_list_what_contract_does(
     lines = " ".join(line for f in report.findings for line in [f.message, *f.details])
     assert "public.project_counts" in lines
     assert "re-point" in lines or "re-created" in lines
+
+
+def test_plan_live_lists_what_contract_does_with_each_dependent(
+    write_new: Database, database_url: str, run_cli: Any
+) -> None:
+    """`migrator plan --live --compat-view contract` reads the catalog (changing nothing) and names each dependent
+    with what contract does to it; without --live, --compat-view is bad input."""
+    r = run_cli("--dsn", database_url, "--json", "plan", "--live", "--compat-view", "contract")
+    assert r.exit_code == 0, r.stderr
+    result = json.loads(r.stdout.splitlines()[-1])
+    descriptions = " ".join(s["description"] for p in result["details"]["phases"] for s in p["steps"])
+    assert "view public.report_school: re-created over the compatibility view" in descriptions
+    assert "public.project_counts" in descriptions
+    with write_new.connect() as c:
+        assert c.execute("SELECT to_regclass('public.core_project_archived')").fetchone() == (None,)
+    assert run_cli("--dsn", database_url, "plan", "--compat-view", "contract").exit_code == 2

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from migrator import console, lifecycle
-from migrator.cli.app import App, begin, cli, defaulted, done, examples, finite, pass_app, reporter
+from migrator.cli.app import App, begin, cli, context, defaulted, done, examples, finite, pass_app, reporter
 from migrator.db import libpq_dsn, mask_dsn
 from migrator.errors import BadInputError, GuardFailed
 
@@ -53,17 +53,32 @@ def seed(app: App, rows: int, dirty_ratio: float, random_seed: int) -> None:
 
 @cli.command()
 @click.argument("phase", required=False, type=click.Choice(lifecycle.PHASE_NAMES))
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Plan against the database (read-only): grants, dependents, CHECKs and policies as they are now.",
+)
+@click.option("--compat-view", is_flag=True, help="With --live: plan contract with its compatibility view.")
 @examples(
     "migrator plan",
     "migrator plan expand > expand.sql",
     "migrator --spec payments.toml --json plan | jq '.details.phases[0].steps[].sql'",
+    "migrator plan --live --compat-view contract     # what contract will do with each view on the table",
 )
 @pass_app
-def plan(app: App, phase: str | None) -> None:
-    """Print the SQL each phase would run, in order. Writes nothing and needs no database."""
+def plan(app: App, phase: str | None, live: bool, compat_view: bool) -> None:
+    """Print the SQL each phase would run, in order. Writes nothing; needs no database unless --live."""
     from migrator import operations
+    from migrator.phases import contract
 
-    phases = operations.plans(app.spec, [phase] if phase else None, lock_timeout=app.lock_timeout)
+    only = [phase] if phase else None
+    if live:
+        options = {"contract": contract.Options(compat_view=compat_view)}
+        phases = operations.live_plans(context(app), only, options)
+    else:
+        if compat_view:
+            raise BadInputError("--compat-view plans contract against the database", hint="add --live")
+        phases = operations.plans(app.spec, only, lock_timeout=app.lock_timeout)
     listed = [
         {
             "phase": p,

@@ -118,7 +118,9 @@ class Target:
             after = sql.SQL("{c} >= %(c)s AND ({c}, {pk}) > (%(c)s, %(k)s)").format(c=created, pk=pk)
         else:
             after = sql.SQL("{pk} > %(k)s").format(pk=pk)
-        delete = sql.SQL("DELETE FROM {} AS d WHERE d.{} IN (SELECT {} FROM p) RETURNING 1")
+        # = ANY(ARRAY(…)), not IN (…): a semi join of a few hundred keys may be planned as a hash join over a
+        # sequential scan of the whole table; a key array is always probed through the primary key.
+        delete = sql.SQL("DELETE FROM {} AS d WHERE d.{} = ANY(ARRAY(SELECT {} FROM p)) RETURNING 1")
         return render(
             "cleanup_batch_pk" if self.index is None else "cleanup_batch_index",
             table=self.table,

@@ -3,7 +3,7 @@
 WITH w AS (
     SELECT {pk} FROM {table} WHERE {after} ORDER BY {pk} LIMIT %(n)s
 ), p AS (
-    SELECT {pk} FROM {table} WHERE {pk} IN (SELECT {pk} FROM w) AND {flag} AND {created} < %(cutoff)s{lock}
+    SELECT {pk} FROM {table} WHERE {pk} = ANY(ARRAY(SELECT {pk} FROM w)) AND {flag} AND {created} < %(cutoff)s{lock}
 ),
 g AS ({gone})
 SELECT (SELECT count(*) FROM w), (SELECT count(*) FROM g), NULL, (SELECT {pk} FROM w ORDER BY {pk} DESC LIMIT 1)

@@ -4,6 +4,7 @@ clears; the limits are options of every long job."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import threading
@@ -29,6 +30,7 @@ from migrator.phases.switch_writes import SwitchWrites
 from migrator.phases.validate import Validate
 from migrator.seed import seed
 from migrator.spec import Spec
+from tests.helpers import wait_until
 
 
 class Collect:
@@ -274,3 +276,43 @@ def test_an_old_transaction_pauses_the_reverse_backfill(
         assert any(s.startswith("reverse backfill:") for s in reporter.steps)
     finally:
         holder.close()
+
+
+@pytest.mark.db
+def test_a_vacuum_on_the_legacy_table_pauses_the_backfill(
+    expanded: Database, projects_spec: Spec, database_url: str
+) -> None:
+    """A VACUUM running on the legacy table (slowed by its cost delay) holds the copy; once it ends, the copy
+    runs to the end."""
+    with psycopg.connect(database_url, autocommit=True) as c:
+        c.execute("ALTER TABLE public.core_project SET (autovacuum_enabled = false)")
+    vacuum = psycopg.connect(database_url, autocommit=True)
+    vacuum.execute("SET vacuum_cost_delay = 100")
+    vacuum.execute("SET vacuum_cost_limit = 1")  # every page read sleeps 100 ms: the vacuum lasts while we look
+    pid = vacuum.info.backend_pid
+    runner = threading.Thread(
+        target=lambda: _ignore_cancel(vacuum, "VACUUM (DISABLE_PAGE_SKIPPING) public.core_project")
+    )
+    runner.start()
+    try:
+        with psycopg.connect(database_url, autocommit=True) as c:
+            running = "SELECT 1 FROM pg_catalog.pg_stat_progress_vacuum WHERE pid = %s"
+            assert wait_until(lambda: c.execute(running, [pid]).fetchone() is not None, 10) is not None
+        thread, reporter, errors = _start(expanded, projects_spec, Limits())
+
+        def stop_vacuum() -> None:
+            with psycopg.connect(database_url, autocommit=True) as c:
+                c.execute("SELECT pg_catalog.pg_cancel_backend(%s)", [pid])
+            runner.join(10)
+
+        _paused_then_done(thread, reporter, errors, stop_vacuum)
+        assert any("vacuum is running on" in s and "core_project" in s for s in reporter.steps), reporter.steps
+    finally:
+        runner.join(10)
+        vacuum.close()
+
+
+def _ignore_cancel(conn: psycopg.Connection[Any], statement: str) -> None:
+    """Run `statement`; a cancel (the test ending it) is the expected way out."""
+    with contextlib.suppress(psycopg.errors.QueryCanceled):
+        conn.execute(statement)

@@ -7,7 +7,9 @@ import pytest
 
 from migrator import state
 from migrator.db import Database
+from migrator.engine import health
 from migrator.engine.context import Context
+from migrator.engine.health import Limits
 from migrator.flags import FlagReader
 from migrator.phases.expand import Expand
 from migrator.seed import seed
@@ -57,3 +59,29 @@ def test_reader_without_listen_on_standby(expanded_on_standby: str) -> None:
         assert reader.state() == "dual_write"
         reader.refresh()
         assert reader.read_percent() == 0
+
+
+def test_a_standby_that_falls_behind_reads_red_on_replication_lag(
+    expanded_on_standby: str, database_url: str, standby: Standby
+) -> None:
+    """With the standby's replay paused while the primary writes, the long jobs' replication signal is red (the
+    standby, or the slot that keeps its WAL, is behind by more than the limit); with replay resumed a streaming
+    standby catches up and the signal is green again."""
+    limits = Limits(max_lag_bytes=256 * 1024)
+    standby.query("postgres", "SELECT pg_catalog.pg_wal_replay_pause()")
+    try:
+        with psycopg.connect(database_url, autocommit=True) as c:
+            c.execute(
+                "CREATE TABLE public.lag_filler AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g"
+            )
+            behind = wait_until(lambda: health.Health(["public.lag_filler"], limits).red(c) != [], timeout=30)
+            assert behind is not None, "the replication signal never turned red"
+            red = health.Health(["public.lag_filler"], limits).red(c)
+            assert [r.signal for r in red] == ["replication_lag"]
+            assert "standby" in red[0].detail or "slot" in red[0].detail
+    finally:
+        standby.query("postgres", "SELECT pg_catalog.pg_wal_replay_resume()")
+    if standby.method == "pg_basebackup":
+        with psycopg.connect(database_url, autocommit=True) as c:
+            caught_up = wait_until(lambda: health.Health(["public.lag_filler"], limits).red(c) == [], timeout=60)
+            assert caught_up is not None, health.Health(["public.lag_filler"], limits).red(c)

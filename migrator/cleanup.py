@@ -1,16 +1,13 @@
-"""`migrator cleanup-drafts`: delete abandoned drafts (the seed's problem 3) in short batches, on the side the
-application writes.
+"""`migrator cleanup-drafts`: delete abandoned drafts (the seed's problem 3) in short batches, where the application
+writes: the legacy table before write_new (the forward triggers delete the split rows), the base table from
+write_new on (child and meta rows cascade; the reverse triggers, while they exist, delete the legacy row).
 
-Before write_new the legacy table is the truth and the forward triggers carry each delete to the split tables; from
-write_new on the base table is, its children and meta rows go with it (ON DELETE CASCADE) and the reverse triggers,
-while they exist, reach legacy. The side is read again at every batch, under a share lock on the state row, so a
-transition made meanwhile waits for the batch and the next batch follows it.
-
-Each batch is one short transaction: the oldest drafts past the cutoff, keyset by (created, key) so the dead index
-entries a batch leaves behind are never walked again, `FOR UPDATE SKIP LOCKED` so a draft the application is
-editing is left for the next run. With the partial index `created WHERE draft` that is an index range scan; without
-one, batches walk the primary key instead of scanning the table each time, and the run says which index to build.
-A killed run loses nothing but its batch: the next run starts from the oldest draft left.
+Each batch is one short transaction: it reads the state (share-locking its row, so a transition waits for the batch
+and the next batch follows it), takes the oldest drafts past the cutoff after a keyset cursor (created, key) with
+`FOR UPDATE SKIP LOCKED` (a draft the application is editing is left for the next run) and deletes them by key.
+With the partial index `created WHERE draft` that is an index range scan; without one, batches walk primary-key
+ranges instead of scanning the table each time, and the run says which index to build. A killed run loses nothing
+but its open batch: the next run starts from the oldest draft left.
 """
 
 from __future__ import annotations
@@ -40,8 +37,10 @@ from migrator.sqlgen.compose import as_text, ident, raw, render
 
 COMMAND = "cleanup-drafts"
 BATCH_TIME = 0.1  # seconds: after a lock wait the batch size adapts to this, as the backfill's chunks do
-PK_WALK = 4  # without the partial index a batch examines up to this many times --batch-size keys
 MAX_LOCK_RETRIES = 20
+# A batch stays a bounded index range scan whatever the statistics say: near the end of the range the planner
+# would pick a bitmap scan and sort the whole rest of it, and under stale statistics a sequential scan.
+BATCH_SETTINGS = {"lock_timeout": MULTI_TABLE_LOCK_TIMEOUT, "enable_seqscan": False, "enable_bitmapscan": False}
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _TIME_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
 
@@ -84,9 +83,6 @@ class Result:
     health_pauses: int = 0
     seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def default_columns(spec: Spec) -> tuple[str, str]:
     """(draft flag, creation time): the spec's partial base index `time WHERE flag = true`, else the seed's."""
@@ -104,6 +100,7 @@ class Target:
     name: str
     table: sql.Identifier
     pk: str
+    pk_type: str
     flag: str
     created: str
     index: str | None
@@ -111,26 +108,18 @@ class Target:
     def statement(self, first: bool, dry_run: bool) -> sql.Composed:
         """One batch, returning (keys examined, drafts deleted or counted, cursor: last created, last key).
         Parameters: cutoff, n (keys to examine), c and k (the cursor)."""
-        pk, created = ident(self.pk), ident(self.created)
+        pk, created, k = ident(self.pk), ident(self.created), sql.SQL("%(k)s::{}").format(raw(self.pk_type))
         if first:
             after: sql.Composable = raw("TRUE")
         elif self.index is not None:
-            after = sql.SQL("{c} >= %(c)s AND ({c}, {pk}) > (%(c)s, %(k)s)").format(c=created, pk=pk)
+            after = sql.SQL("{c} >= %(c)s AND ({c}, {pk}) > (%(c)s, {k})").format(c=created, pk=pk, k=k)
         else:
-            after = sql.SQL("{pk} > %(k)s").format(pk=pk)
-        # = ANY(ARRAY(…)), not IN (…): a semi join of a few hundred keys may be planned as a hash join over a
-        # sequential scan of the whole table; a key array is always probed through the primary key.
-        delete = sql.SQL("DELETE FROM {} AS d WHERE d.{} = ANY(ARRAY(SELECT {} FROM p)) RETURNING 1")
+            after = sql.SQL("{pk} > {k}").format(pk=pk, k=k)
+        slots = {"table": self.table, "pk": pk, "flag": ident(self.flag), "created": created, "after": after}
+        gone = raw("SELECT 1 FROM p") if dry_run else render("cleanup_delete", **slots)
+        lock = raw("" if dry_run else " FOR UPDATE SKIP LOCKED")
         return render(
-            "cleanup_batch_pk" if self.index is None else "cleanup_batch_index",
-            table=self.table,
-            pk=pk,
-            flag=ident(self.flag),
-            created=created,
-            after=after,
-            # A draft the application holds is left for the next run rather than waited for.
-            lock=raw("" if dry_run else " FOR UPDATE SKIP LOCKED"),
-            gone=raw("SELECT 1 FROM p") if dry_run else delete.format(self.table, pk, pk),
+            "cleanup_batch_pk" if self.index is None else "cleanup_batch_index", **slots, lock=lock, gone=gone
         )
 
 
@@ -143,26 +132,23 @@ def resolve(conn: psycopg.Connection[Any], spec: Spec, current: str, opts: Optio
         raise TableDoesNotExist(f"{as_text(table)} does not exist", hint="check --dsn and --spec")
     flag_default, created_default = default_columns(spec)
     flag, created = opts.draft_column or flag_default, opts.created_column or created_default
-    types = dict(
-        conn.execute(
-            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute "
-            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped AND attname = ANY(%s)",
-            [as_text(table), [flag, created]],
-        ).fetchall()
-    )
-    fix = "name the columns with --draft-column and --created-column"
+    params = {"table": as_text(table), "created": created, "flag": flag}
+    types = dict(conn.execute(render("cleanup_column_types"), params).fetchall())
     for col, want, ok in ((flag, "boolean", ("boolean",)), (created, "timestamp", _TIME_TYPES)):
         if types.get(col) not in ok:
             what = f"is {types[col]}, not {want}" if col in types else "does not exist"
-            raise BadInputError(f"{as_text(table)}.{col} {what}: it cannot say what an old draft is", hint=fix)
-    params = {"table": as_text(table), "created": created, "flag": flag}
+            raise BadInputError(
+                f"{as_text(table)}.{col} {what}: it cannot say what an old draft is",
+                hint="name the columns with --draft-column and --created-column",
+            )
     index = scalar(conn, render("cleanup_draft_index"), params)
-    return Target("split" if split else "legacy", name, table, spec.pk, flag, created, index)
+    pk_type = spec.source.primary_key_type
+    return Target("split" if split else "legacy", name, table, spec.pk, pk_type, flag, created, index)
 
 
 def run(ctx: Context, opts: Options) -> Result:
     """Delete (with dry_run: count) the drafts older than opts.older_than; one cleaner per migration at a time.
-    The run is recorded in the audit log, whatever it found."""
+    Each finished run is in the audit log, whatever it found."""
     db, spec = ctx.require_db(), ctx.spec
     result = Result(older_than_seconds=opts.older_than, dry_run=opts.dry_run)
     t0 = time.monotonic()
@@ -173,10 +159,8 @@ def run(ctx: Context, opts: Options) -> Result:
                 run_actions(conn, [state.schema_action(spec)], lock_timeout=ctx.lock_timeout)
             result.cutoff = scalar(conn, "SELECT now() - make_interval(secs => %s)", [opts.older_than])
             health = ctx.health(opts.health)
-            pacer = (
-                Pacer(None) if opts.full_speed else Pacer(lambda: db.raw_connect(autocommit=True), ctx.reporter.step)
-            )
-            with pacer:
+            sampler = None if opts.full_speed else lambda: db.raw_connect(autocommit=True)
+            with Pacer(sampler, ctx.reporter.step) as pacer:
                 _batches(conn, ctx, opts, result, pacer, health)
             result.health_pauses = health.pauses
             result.seconds = round(time.monotonic() - t0, 3)
@@ -192,89 +176,73 @@ def run(ctx: Context, opts: Options) -> Result:
 def _batches(
     conn: psycopg.Connection[Any], ctx: Context, opts: Options, result: Result, pacer: Pacer, health: Health
 ) -> None:
-    spec, sizer = ctx.spec, ChunkSizer(BATCH_TIME, fixed=opts.batch_size)
+    sizer = ChunkSizer(BATCH_TIME, fixed=opts.batch_size)
     target: Target | None = None
-    cursor: tuple[Any, Any] | None = None
+    cursor: tuple[Any, Any] = (None, None)
     retries = 0
     while True:
         health.wait_until_green(conn, threading.Event())
-        n = sizer.next()
         b0 = time.monotonic()
         try:
             with pacer.working(), conn.transaction():
-                set_local(conn, lock_timeout=MULTI_TABLE_LOCK_TIMEOUT)
-                current = _locked_state(conn, spec)
+                set_local(conn, **BATCH_SETTINGS)
+                locked = render("cleanup_state", state=names.state(ctx.spec, "state"))
+                current = str(scalar(conn, locked, [ctx.spec.migration_name]) or lifecycle.START)
                 if target is None or result.state != current:
-                    fresh = resolve(conn, spec, current, opts)
-                    if target is None or fresh != target:
-                        cursor = None
+                    fresh = resolve(conn, ctx.spec, current, opts)
+                    if fresh != target:
+                        cursor = (None, None)
                         if fresh.index is None:
                             ctx.reporter.step(_no_index(fresh))
-                    target, result.state = fresh, current
-                    result.side, result.table, result.index = fresh.side, as_text(fresh.table), fresh.index
-                    result.draft_column, result.created_column = fresh.flag, fresh.created
-                walk = n * PK_WALK if target.index is None else n
-                c, k = cursor or (None, None)
-                params = {"cutoff": result.cutoff, "n": walk, "c": c, "k": k}
-                row = conn.execute(target.statement(cursor is None, opts.dry_run), params).fetchone()
+                    target, result.state, result.side, result.table = fresh, current, fresh.side, as_text(fresh.table)
+                    result.index, result.draft_column, result.created_column = fresh.index, fresh.flag, fresh.created
+                walk = sizer.next()  # drafts through the index, keys examined without it: never more deletes
+                params = {"cutoff": result.cutoff, "n": walk, "c": cursor[0], "k": cursor[1]}
+                row = conn.execute(target.statement(cursor[1] is None, opts.dry_run), params).fetchone()
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
             retries += 1
             result.lock_retries += 1
             if retries > MAX_LOCK_RETRIES:
                 raise OperationalError(
-                    f"{COMMAND}: {retries} batches in a row waited too long for application locks",
+                    f"{COMMAND}: {retries} batches in a row waited too long for locks the application holds",
                     hint="run it again later; every batch before this one is committed",
                 ) from None
             sizer.shrink()
+            time.sleep(min(0.05 * retries, 1.0))  # a transition's last step may hold the state row a little longer
             continue
         retries = 0
         assert row is not None
         examined, hit = int(row[0]), int(row[1])
         result.batches += 1
-        if opts.dry_run:
-            result.would_delete += hit
-        else:
-            result.deleted += hit
+        result.would_delete += hit if opts.dry_run else 0
+        result.deleted += 0 if opts.dry_run else hit
         elapsed = time.monotonic() - b0
-        sizer.observe(max(examined // (1 if target.index else PK_WALK), 1), elapsed)
+        sizer.observe(max(examined, 1), elapsed)
         pacer.rest(elapsed)
-        done = result.would_delete if opts.dry_run else result.deleted
+        done = result.would_delete + result.deleted
         ctx.reporter.progress(done, None, phase=COMMAND, batch_rows=hit, chunk_ms=round(elapsed * 1000, 1))
         if examined < walk:
             return
         cursor = (row[2], row[3])
 
 
-def _locked_state(conn: psycopg.Connection[Any], spec: Spec) -> str:
-    """The state, its row share-locked for the batch: a transition moving it waits for the batch to commit."""
-    current = scalar(
-        conn,
-        sql.SQL("SELECT state FROM {} WHERE migration = %s FOR SHARE").format(names.state(spec, "state")),
-        [spec.migration_name],
-    )
-    return str(current) if current else lifecycle.START
-
-
-def _no_index(target: Target) -> str:
+def _no_index(t: Target) -> str:
     create = sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} ({}) WHERE {}").format(
-        ident(names.object_name(target.name, target.created, suffix="drafts")),
-        target.table,
-        ident(target.created),
-        ident(target.flag),
+        ident(names.object_name(t.name, t.created, suffix="drafts")), t.table, ident(t.created), ident(t.flag)
     )
     return (
-        f"{as_text(target.table)} has no index on {target.created} WHERE {target.flag}: batches walk the primary "
-        f"key instead of an index range of old drafts; `{as_text(create)}` makes each an index range scan"
+        f"{as_text(t.table)} has no index on {t.created} WHERE {t.flag}: batches walk the primary key instead of an "
+        f"index range of old drafts; `{as_text(create)}` makes each an index range scan"
     )
 
 
 def _audit(conn: psycopg.Connection[Any], spec: Spec, result: Result, reason: str | None) -> None:
     # Not state.record: that moves the state row and ends a transition in flight; a cleanup run moves neither.
-    insert = sql.SQL(
-        "INSERT INTO {} (migration, from_state, to_state, command, actor, reason, duration_ms, details) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb)"
-    ).format(names.state(spec, "transitions"))
-    ms, details = int(result.seconds * 1000), jsonenc.dumps(result.as_dict())
-    conn.execute(
-        insert, [spec.migration_name, result.state, result.state, COMMAND, operator_name(), reason, ms, details]
-    )
+    params: dict[str, Any] = {"migration": spec.migration_name, "state": result.state, "command": COMMAND}
+    params |= {
+        "actor": operator_name(),
+        "reason": reason,
+        "duration_ms": int(result.seconds * 1000),
+        "details": jsonenc.dumps(asdict(result)),
+    }
+    conn.execute(render("cleanup_audit", transitions=names.state(spec, "transitions")), params)

@@ -4,7 +4,6 @@ on the side the application writes, and nothing else; dry run, EXPLAIN, one clea
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import time
 from typing import Any
@@ -13,8 +12,9 @@ import psycopg
 import pytest
 
 from migrator import cleanup, guards, lifecycle, state
-from migrator.db import Database, advisory_lock
+from migrator.db import Database
 from migrator.engine.context import Context, NullReporter
+from migrator.engine.session import set_local
 from migrator.errors import BadInputError, LockHeld
 from migrator.phases import contract, switch_reads, validate
 from migrator.phases.backfill import Backfill
@@ -42,9 +42,7 @@ PHASES: dict[str, Phase[Any]] = {
         Contract(contract.Options(quiet_period=0, compat_view=True)),
     )
 }
-OLD_DRAFTS = (
-    "SELECT id FROM public.{} WHERE is_draft AND created_at < now() - interval '24 hours'"  # noqa: S608 — fixed names
-)
+OLD_DRAFTS = "SELECT id FROM public.{} WHERE is_draft AND created_at < now() - interval '24 hours'"
 
 
 class DraftWriter:
@@ -88,7 +86,7 @@ class DraftWriter:
     def _one(self, c: psycopg.Connection[Any], split: bool, i: int) -> None:
         if i % 3 == 2 and self.ids:
             table = "projects" if split else "core_project"
-            c.execute(f"UPDATE public.{table} SET name = 'edited' WHERE id = %s", [max(self.ids)])  # noqa: S608
+            c.execute(f"UPDATE public.{table} SET name = 'edited' WHERE id = %s", [max(self.ids)])
             return
         draft, age = (True, "0 seconds") if i % 3 == 0 else (False, "48 hours")
         if split:
@@ -178,12 +176,12 @@ def test_every_state_under_a_live_writer(seeded: Database, projects_spec: Spec, 
         table = "projects" if split else "core_project"
         _plant_old_drafts(conn, split)
         expected = _ids(conn, OLD_DRAFTS.format(table))
-        before = _ids(conn, f"SELECT id FROM public.{table}")  # noqa: S608
+        before = _ids(conn, f"SELECT id FROM public.{table}")
         with DraftWriter(database_url) as writer:
-            time.sleep(0.1)
+            time.sleep(0.15)
             result = cleanup.run(ctx, cleanup.Options(older_than=DAY, batch_size=40))
-            time.sleep(0.1)
-        after = _ids(conn, f"SELECT id FROM public.{table}")  # noqa: S608
+            time.sleep(0.15)
+        after = _ids(conn, f"SELECT id FROM public.{table}")
         assert writer.failures == [], (target, writer.failures[:3])
         assert writer.transactions > 10, target
         assert (result.side, result.state) == ("split" if split else "legacy", target)
@@ -197,7 +195,7 @@ def test_every_state_under_a_live_writer(seeded: Database, projects_spec: Spec, 
             assert guards.diff(conn, projects_spec) == [], target
         if split:
             legacy = "core_project_archived" if lifecycle.past_legacy(target) else "core_project"
-            assert _ids(conn, f"SELECT id FROM public.{legacy}") & expected == set(), target  # noqa: S608
+            assert _ids(conn, f"SELECT id FROM public.{legacy}") & expected == set(), target
         walked.append(target)
     assert walked == list(lifecycle.between(lifecycle.START, "contracted"))
     runs = conn.execute(
@@ -206,6 +204,39 @@ def test_every_state_under_a_live_writer(seeded: Database, projects_spec: Spec, 
     ).fetchall()
     assert [r[0] for r in runs] == walked
     assert all(r[0] == r[1] and r[2] > 0 for r in runs)
+
+
+def test_a_transition_during_a_run_moves_it_to_the_new_side(seeded: Database, projects_spec: Spec, conn: Any) -> None:
+    """switch-writes while a cleaner runs in read_new: the next batches delete from the split tables, every old
+    draft is gone on both sides and legacy equals split."""
+    ctx = Context(projects_spec, seeded)
+    for command in ("expand", "backfill", "validate", "switch-reads"):
+        PHASES[command].apply(ctx)
+    expected = _ids(conn, OLD_DRAFTS.format("core_project"))
+    outcome: list[Any] = []
+
+    class Slow(NullReporter):
+        def progress(self, done: int, total: int | None, **fields: Any) -> None:
+            time.sleep(0.01)
+
+    def clean() -> None:
+        slow = Context(projects_spec, seeded, reporter=Slow())
+        outcome.append(cleanup.run(slow, cleanup.Options(older_than=DAY, batch_size=10, full_speed=True)))
+
+    thread = threading.Thread(target=clean)
+    thread.start()
+    time.sleep(0.3)
+    deleted_on_legacy = len(expected - _ids(conn, OLD_DRAFTS.format("core_project")))
+    PHASES["switch-writes"].apply(ctx)
+    assert thread.is_alive()
+    thread.join(60)
+    assert 0 < deleted_on_legacy < len(expected)
+    result = outcome[0]
+    assert (result.state, result.side) == ("write_new", "split")
+    assert result.deleted == len(expected)
+    assert _ids(conn, OLD_DRAFTS.format("core_project")) == set()
+    assert _ids(conn, OLD_DRAFTS.format("projects")) == set()
+    assert guards.diff(conn, projects_spec) == []
 
 
 def test_dry_run_counts_and_deletes_nothing(seeded: Database, projects_spec: Spec, conn: Any) -> None:
@@ -217,7 +248,8 @@ def test_dry_run_counts_and_deletes_nothing(seeded: Database, projects_spec: Spe
     assert len(expected) > 300
     assert _ids(conn, "SELECT id FROM public.core_project") == before
     row = conn.execute("SELECT details FROM migrator.transitions WHERE command = 'cleanup-drafts'").fetchone()
-    assert row[0]["dry_run"] is True and row[0]["would_delete"] == len(expected)
+    assert row[0]["dry_run"] is True
+    assert row[0]["would_delete"] == len(expected)
 
 
 def test_killed_run_resumes(seeded: Database, projects_spec: Spec, conn: Any) -> None:
@@ -238,16 +270,21 @@ def test_killed_run_resumes(seeded: Database, projects_spec: Spec, conn: Any) ->
     assert _ids(conn, OLD_DRAFTS.format("core_project")) == set()
 
 
-def _plan(conn: psycopg.Connection[Any], target: cleanup.Target, first: bool, cursor: tuple[Any, Any]) -> str:
-    params = {"cutoff": cursor[0], "n": 500, "c": cursor[0], "k": cursor[1]}
-    rows = conn.execute(b"EXPLAIN " + target.statement(first, False).as_bytes(conn), params).fetchall()
+def _plan(
+    conn: psycopg.Connection[Any], target: cleanup.Target, first: bool, params: dict[str, Any], as_batch: bool = True
+) -> str:
+    """EXPLAIN of one batch; `as_batch`: under the settings the batch runs with."""
+    with conn.transaction():
+        if as_batch:
+            set_local(conn, **cleanup.BATCH_SETTINGS)
+        rows = conn.execute(b"EXPLAIN " + target.statement(first, False).as_bytes(conn), params).fetchall()
     return "\n".join(r[0] for r in rows)
 
 
 def test_each_batch_is_an_index_range_scan(db: Database, projects_spec: Spec, conn: Any) -> None:
-    """On 20,000 analyzed rows a batch on the base table reads the partial index (created_at WHERE is_draft), never
-    the whole table; the same batch on the legacy table, which has no such index, would be a sequential scan —
-    there the run walks the primary key instead."""
+    """On 20,000 analyzed rows a batch on the base table reads a range of the partial index (created_at WHERE
+    is_draft), at the start and in the middle of the old drafts, never the whole table; on the legacy table, which
+    has no such index, the same batch would be a sequential scan, so there the run walks primary key ranges."""
     with db.connect() as c:
         seed(c, 20_000, dirty_ratio=0.0, random_seed=5)
     ctx = Context(projects_spec, db)
@@ -255,37 +292,72 @@ def test_each_batch_is_an_index_range_scan(db: Database, projects_spec: Spec, co
     Backfill().apply(ctx)
     conn.execute("ANALYZE public.projects")
     conn.execute("ANALYZE public.core_project")
+    cutoff = conn.execute("SELECT now() - interval '1 day'").fetchone()[0]
+    drafts = conn.execute(
+        "SELECT created_at, id FROM public.projects WHERE is_draft ORDER BY created_at, id"
+    ).fetchall()
+    assert len(drafts) > 5000
     opts = cleanup.Options(older_than=DAY)
-    cursor = conn.execute("SELECT now() - interval '1 day', 10").fetchone()
     with db.connect(autocommit=True) as c:
         split = cleanup.resolve(c, projects_spec, "write_new", opts)
         legacy = cleanup.resolve(c, projects_spec, "legacy", opts)
-        assert split.index is not None and legacy.index is None
-        for first in (True, False):
-            plan = _plan(c, split, first, cursor)
-            assert f"Index Scan using {split.index} on projects" in plan, plan
-            assert "Seq Scan" not in plan, plan
-            plan = _plan(c, legacy, first, cursor)
-            assert "Index Scan using core_project_pkey on core_project" in plan, plan
-            assert "Seq Scan" not in plan, plan
+        assert split.index == "projects_created_at_idx"
+        assert legacy.index is None
+        # The planner's own choice for a first batch, without the batch's settings.
+        first = {"cutoff": cutoff, "n": 500, "c": None, "k": None}
+        assert f"Index Scan using {split.index} on projects" in _plan(c, split, True, first, as_batch=False)
+        for created, key in (drafts[0], drafts[len(drafts) // 2], drafts[-600]):
+            params = {"cutoff": cutoff, "n": 500, "c": created, "k": key}
+            for target in (split, legacy):
+                for is_first in (True, False):
+                    plan = _plan(c, target, is_first, params)
+                    index = split.index if target is split else "core_project_pkey"
+                    assert f"Index Scan using {index} on {target.name}" in plan, plan
+                    assert "Seq Scan" not in plan, plan
+                    assert "Bitmap" not in plan, plan
         naive = dataclasses.replace(legacy, index="(none: the partial-index statement on legacy)")
-        assert "Seq Scan on core_project" in _plan(c, naive, True, cursor)
+        assert "Seq Scan on core_project" in _plan(c, naive, True, first, as_batch=False)
 
 
 def test_second_cleaner_is_refused(seeded: Database, projects_spec: Spec, database_url: str, run_cli: Any) -> None:
-    """While one cleaner holds the lock, a second run exits 1 naming the holder, and deletes nothing."""
-    with psycopg.connect(database_url, autocommit=True, application_name="first-cleaner") as holder:
-        pid = holder.info.backend_pid
-        with advisory_lock(holder, *state.lock_parts(projects_spec), cleanup.COMMAND):
-            with pytest.raises(LockHeld, match=f"pid {pid} \\(first-cleaner"):
-                cleanup.run(Context(projects_spec, seeded), cleanup.Options(older_than=DAY))
-            result = check(
-                run_cli("--dsn", database_url, "--json", "cleanup-drafts", "--older-than", "24h"), "cleanup-drafts", 1
-            )
-            assert result["error"]["code"] == "lock_held"
-            assert f"pid {pid}" in result["error"]["message"]
-    with psycopg.connect(database_url) as c:
-        assert _ids(c, OLD_DRAFTS.format("core_project"))
+    """While a cleaner runs (held after its first batch), a second one is refused with exit 1 naming the first's
+    backend, and deletes nothing; the first then finishes the job."""
+    seeded_conn = psycopg.connect(database_url, autocommit=True)
+    expected = _ids(seeded_conn, OLD_DRAFTS.format("core_project"))
+    started, release = threading.Event(), threading.Event()
+    outcome: list[Any] = []
+
+    class Held(NullReporter):
+        def progress(self, done: int, total: int | None, **fields: Any) -> None:
+            started.set()
+            release.wait(20)
+
+    def first() -> None:
+        ctx = Context(projects_spec, seeded, reporter=Held())
+        outcome.append(cleanup.run(ctx, cleanup.Options(older_than=DAY, batch_size=50)))
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert started.wait(20)
+        holder = seeded_conn.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchone()[0]  # type: ignore[index]
+        with pytest.raises(LockHeld, match=f"another `cleanup-drafts` is running on this migration: pid {holder} "):
+            cleanup.run(Context(projects_spec, seeded), cleanup.Options(older_than=DAY))
+        result = check(
+            run_cli("--dsn", database_url, "--json", "cleanup-drafts", "--older-than", "24h"), "cleanup-drafts", 1
+        )
+        assert result["error"]["code"] == "lock_held"
+        assert f"pid {holder} (migrator" in result["error"]["message"]
+        left = _ids(seeded_conn, OLD_DRAFTS.format("core_project"))
+        assert len(expected) - len(left) <= 50
+    finally:
+        release.set()
+        thread.join(30)
+        seeded_conn.close()
+    assert outcome[0].deleted == len(expected)
 
 
 def test_cleanup_command_json(seeded: Database, database_url: str, run_cli: Any) -> None:
@@ -297,7 +369,9 @@ def test_cleanup_command_json(seeded: Database, database_url: str, run_cli: Any)
         0,
     )
     details = result["details"]
-    assert details["would_delete"] > 300 and details["deleted"] == 0 and result["changed"] is False
+    assert details["would_delete"] > 300
+    assert details["deleted"] == 0
+    assert result["changed"] is False
     assert (details["side"], details["index"]) == ("legacy", None)
     bad = check(
         run_cli("--dsn", database_url, "--json", "cleanup-drafts", "--older-than", "24h", "--draft-column", "nope"),
@@ -309,7 +383,8 @@ def test_cleanup_command_json(seeded: Database, database_url: str, run_cli: Any)
     assert bad["error"]["code"] == "bad_input"
     human = run_cli("--dsn", database_url, "cleanup-drafts", "--older-than", "24h")
     assert human.exit_code == 0, human.stderr
-    assert "CREATE INDEX CONCURRENTLY" in human.stderr and "draft(s) deleted" in human.stderr + human.stdout
+    assert "CREATE INDEX CONCURRENTLY" in human.stderr
+    assert "draft(s) deleted" in human.stderr + human.stdout
     with pytest.raises(BadInputError):
         cleanup.parse_age("24")
-    assert json.loads(json.dumps(cleanup.parse_age("90m"))) == 5400
+    assert cleanup.parse_age("90m") == 5400

@@ -48,6 +48,10 @@ CASES: dict[str, tuple[str, str]] = {
         "tests/test_finalize.py::test_cli_json_with_dump",
         "tests/test_finalize.py::test_refused_before_the_retention_period",
     ),
+    "cleanup-drafts": (
+        "tests/test_cleanup.py::test_cleanup_command_json",
+        "tests/test_cleanup.py::test_second_cleaner_is_refused",
+    ),
     "infer-spec": (
         "tests/test_infer.py::test_infer_spec_command_output_passes_plan",
         "tests/test_infer.py::test_inferred_orders_spec_passes_plan",

@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, int]] = [
     ("migrator.copy", 4),
     ("migrator.guards", 4),
     ("migrator.report", 4),
+    ("migrator.cleanup", 4),
     ("migrator.phases", 5),
     ("migrator.operations", 6),
     ("migrator.rehearse", 6),

@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any, TypeVar
+
 import click
 
 from migrator import console
@@ -10,11 +15,24 @@ from migrator.cli.app import App, begin, cli, context, defaulted, done, examples
 from migrator.cli.phase_commands import long_job
 from migrator.engine.health import Limits
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _dedented(fn: F) -> F:
+    # examples() appends an unindented section, after which click no longer strips the docstring's own indent.
+    fn.__doc__ = inspect.cleandoc(fn.__doc__ or "")
+    return fn
+
 
 @cli.command("cleanup-drafts")
 @click.option("--older-than", required=True, help="Delete drafts created longer ago than this: 24h, 90m, 7d, 2w.")
 @click.option("--dry-run", is_flag=True, help="Count the drafts it would delete; delete nothing.")
-@defaulted("--batch-size", click.IntRange(1, 100_000), 500, "Drafts per batch (one short transaction each).")
+@defaulted(
+    "--batch-size",
+    click.IntRange(1, 100_000),
+    500,
+    "Drafts per batch, one short transaction each (without the partial index: keys examined per batch).",
+)
 @click.option("--draft-column", help="The boolean draft flag (default: the spec's partial index, else is_draft).")
 @click.option("--created-column", help="The creation time (default: the spec's partial index, else created_at).")
 @long_job
@@ -23,6 +41,7 @@ from migrator.engine.health import Limits
     "migrator cleanup-drafts --older-than 24h --dry-run",
     "migrator --json cleanup-drafts --older-than 7d --batch-size 1000 | tail -1 | jq .details.deleted",
 )
+@_dedented
 @pass_app
 def cleanup_drafts(
     app: App,
@@ -56,7 +75,7 @@ def cleanup_drafts(
     progress = reporter(app, "cleanup-drafts")
     with progress.running():
         result = cleanup.run(context(app, progress, reason=reason), opts)
-    done(app, details=result.as_dict(), changed=result.deleted > 0)
+    done(app, details=asdict(result), changed=result.deleted > 0)
     if not app.json:
         where = f"{result.table} ({result.side} side, {result.state})"
         if dry_run:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backfill import offline_statements  # noqa: E402
 from common import find_pgbench, scratch_database  # noqa: E402
-from zero_downtime import latencies, pct, run_load  # noqa: E402
+from zero_downtime import StepPrinter, latencies, pct, run_load  # noqa: E402
 
 from migrator.copy.forward import BACKEND_FLUSH_AFTER  # noqa: E402
 from migrator.db import Database  # noqa: E402
@@ -147,6 +147,7 @@ def main() -> None:
     ap.add_argument("--full-speed", action="store_true", help="backfill --full-speed (no adaptive pace)")
     ap.add_argument("--runs", type=int, default=3, help="runs, each on a fresh database; medians are reported")
     ap.add_argument("--no-reference", action="store_true", help="skip phase (c), the plain chunked copy")
+    ap.add_argument("--steps", action="store_true", help="print the backfill's step lines (pace changes too)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     runs = [one_run(args) for _ in range(max(1, args.runs))]
@@ -235,7 +236,8 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
             full_speed=args.full_speed,
             **({"chunk_time": args.chunk_time} if args.chunk_time else {}),
         )
-        during("b", lambda: Backfill(opts).apply(Context(spec, db, reporter=ChunkCounter())))
+        reporter = StepPrinter() if args.steps else ChunkCounter()
+        during("b", lambda: Backfill(opts).apply(Context(spec, db, reporter=reporter)))
         if not args.no_reference:
             # The reference runs flat out, in chunks of what the default chunk time (0.1 s) copies at full speed
             # on this kind of box: the backfill's speed as a fraction of it is what pacing costs.

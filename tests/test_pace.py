@@ -18,32 +18,35 @@ from migrator.seed import seed
 from tests.helpers import wait_until
 
 
-def _feed(pacer: Pacer, seconds: float, working_active: int, resting_active: int, t0: float) -> float:
-    """Synthetic samples every SAMPLE_EVERY for `seconds`: half taken inside a chunk, half between chunks."""
+def _feed(pacer: Pacer, seconds: float, working_ms: float, resting_ms: float, t0: float) -> float:
+    """Synthetic samples every SAMPLE_EVERY for `seconds`, each seeing one application statement end: half inside
+    a chunk (taking `working_ms`), half between chunks (taking `resting_ms`)."""
     t = t0
     n = 0
     while t < t0 + seconds:
         if n % 2:
             with pacer.working():
-                pacer.observe(working_active, 0, now=t)
+                pacer.observe([working_ms / 1000], 1, 0, now=t)
         else:
-            pacer.observe(resting_active, 0, now=t)
+            pacer.observe([resting_ms / 1000], 1, 0, now=t)
         t += pace.SAMPLE_EVERY
         n += 1
     return t
 
 
 @pytest.mark.unit
-def test_pacer_cuts_the_duty_when_the_application_is_busier_while_the_job_works() -> None:
-    """Twice as many active app sessions during chunks as between them lowers the duty; equal counts raise it."""
+def test_pacer_cuts_the_duty_when_the_application_is_slower_while_the_job_works() -> None:
+    """Application statements twice as slow during chunks as between them lower the duty and shorten the chunks;
+    equal latencies raise the duty again."""
     pacer = Pacer(None)
     pacer.duty = 0.5
-    t = _feed(pacer, 1.2, working_active=2, resting_active=1, t0=time.monotonic())
+    t = _feed(pacer, 1.2, working_ms=2.0, resting_ms=1.0, t0=time.monotonic())
     assert pacer.duty < 0.5
-    assert "busier while copying" in pacer.reason
-    t = _feed(pacer, 1.2, working_active=2, resting_active=1, t0=t)
+    assert "slower while copying" in pacer.reason
+    assert pacer.chunk_scale == pace.ACTIVE_CHUNK_SCALE
+    t = _feed(pacer, 1.2, working_ms=2.0, resting_ms=1.0, t0=t)
     cut = pacer.duty
-    _feed(pacer, 2.2, working_active=1, resting_active=1, t0=t)
+    _feed(pacer, 2.2, working_ms=1.0, resting_ms=1.05, t0=t)
     assert pacer.duty > cut
     assert "unaffected" in pacer.reason
 
@@ -68,7 +71,7 @@ def test_pacer_runs_flat_out_when_no_other_session_is_active(db: Database) -> No
         finally:
             stop.set()
             worker.join(5)
-    assert "no other active sessions" in pacer.describe()
+    assert "no other sessions at work" in pacer.describe()
 
 
 @pytest.mark.db

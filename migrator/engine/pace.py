@@ -1,12 +1,15 @@
 """The default pace of a long job: as fast as the application's latency allows (DESIGN.md §Health-driven pacing).
 
-The signal is Little's law. At a steady request rate, the application's mean latency is proportional to the number
-of its backends active at any instant, so a sampler thread counts the active client backends that are not the
-tool's, and tags each sample with whether a chunk of ours was running. Once per window the controller compares the
-two means: if the application is busier while the job works than while it rests, or any backend waits on a lock one
-of the tool's sessions holds, it cuts the job's duty cycle (multiplicative decrease); otherwise it raises it
-(additive increase). The duty cycle is the share of wall time the job works: after a chunk of t seconds a worker
-rests t * (1 - duty) / duty. While nothing else is active there is nobody to slow down and the job runs flat out.
+The signal is the application's own statement latency, read from pg_stat_activity: a backend that has gone idle
+still shows when its last statement started (query_start) and ended (state_change), so a sampler thread that reads
+the view often sees nearly every statement the application's backends complete, and how long each took. It tags
+each with whether a chunk of ours was running, and once per window the controller compares the two means: if the
+application's statements are slower while the job works than while it rests, or any backend waits on a lock one of
+the tool's sessions holds, it cuts the job's duty cycle (multiplicative decrease); otherwise it raises it (additive
+increase). The duty cycle is the share of wall time the job works: after a chunk of t seconds a worker rests
+t * (1 - duty) / duty. While the application runs, chunks are also short (a chunk's rows are locked until it
+commits, and an application write to one of them waits that long). While nothing else runs in the database there
+is nobody to slow down and the job runs flat out, in full-size chunks.
 
 The health signals (engine/health.py) stop a job; the pacer only slows it. `--max-rows-per-second` still caps the
 rate on top, and `--full-speed` turns the pacer off.
@@ -18,8 +21,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -29,46 +32,53 @@ log = logging.getLogger(__name__)
 SAMPLE_EVERY = 0.025  # seconds between two pg_stat_activity samples
 WINDOW = 1.0  # seconds of samples behind each decision
 FIRST_WINDOW = 0.25  # the first decision comes sooner: on an idle server the job should not start at half speed
-LONGEST_WINDOW = 5.0  # a window waits this long at most for enough samples of both sides
-MIN_SAMPLES = 8  # per side (working, resting) before the two are compared
+LONGEST_WINDOW = 5.0  # a window waits this long at most for enough statements of both sides
+MIN_STATEMENTS = 10  # per side (working, resting) before the two are compared
 INITIAL_DUTY = 0.5
 MIN_DUTY = 0.05
-INCREASE = 0.1
+INCREASE = 0.05
 DECREASE = 0.6
-# The application counts as slowed down when it is this much busier while the job works than while it rests
-# (a p99 goal of 1.5x the baseline leaves room for about this much on the mean).
-BUSIER = 1.25
-NOISE = 0.05  # active backends: below this difference two means are the same
-MIN_CHUNK_SCALE = 0.1  # lock waits behind the job shrink its chunk time down to this share of the target
+# The application counts as slowed down when the tail of its statement latencies (TAIL quantile: with tens of
+# statements a window, the 90th percentile is the highest that is not one statement's noise) is this much longer
+# while the job works than while it rests: the p99 goal is 1.5x the baseline.
+TAIL = 0.9
+SLOWER = 1.5
+ACTIVE_CHUNK_SCALE = 0.1  # while the application runs, chunks take this share of --chunk-time (10 ms by default)
 PROBE_REST = 0.1  # seconds: at full duty a worker rests this long once a window, so resting samples exist
 
+# One row per client backend of this database that is not migrator's (nor this sampler): whether it is running a
+# statement, the start and duration of its last statement if it is idle, and whether it waits on one of our locks.
 SAMPLE_SQL = (
-    "SELECT count(*) FILTER (WHERE a.state = 'active'"
-    "         AND coalesce(a.application_name, '') NOT LIKE 'migrator%%'),"
-    "       count(*) FILTER (WHERE a.wait_event_type = 'Lock' AND EXISTS ("
+    "SELECT a.pid, a.state = 'active', extract(epoch FROM a.query_start),"
+    "       CASE WHEN a.state IN ('idle', 'idle in transaction')"
+    "            THEN extract(epoch FROM a.state_change - a.query_start) END,"
+    "       CASE WHEN a.wait_event_type = 'Lock' THEN EXISTS ("
     "         SELECT 1 FROM pg_catalog.pg_stat_activity t"
     "          WHERE t.pid = ANY (pg_catalog.pg_blocking_pids(a.pid))"
-    "            AND t.application_name LIKE 'migrator%%'))"
+    "            AND t.application_name LIKE 'migrator%%') ELSE false END"
     "  FROM pg_catalog.pg_stat_activity a"
     " WHERE a.backend_type = 'client backend' AND a.pid <> pg_catalog.pg_backend_pid()"
     "   AND a.datname = pg_catalog.current_database()"
+    "   AND coalesce(a.application_name, '') NOT LIKE 'migrator%%'"
 )
 
 
 @dataclass
 class Window:
-    """The samples behind one decision: active application backends while working / resting, lock waiters."""
+    """What one decision rests on: the application's statement latencies (seconds) that ended while the job worked
+    and while it rested, samples with an application statement running, samples with a backend waiting on us."""
 
-    working: int = 0
-    working_active: int = 0
-    resting: int = 0
-    resting_active: int = 0
+    working: list[float] = field(default_factory=list)
+    resting: list[float] = field(default_factory=list)
+    active: int = 0
     blocked: int = 0
     started: float = 0.0
 
-    def mean(self, working: bool) -> float:
-        n, active = (self.working, self.working_active) if working else (self.resting, self.resting_active)
-        return active / n if n else 0.0
+    @staticmethod
+    def tail(latencies: Sequence[float]) -> float:
+        """The 90th percentile: the tail is what a copy hurts (lock waits, commits behind its WAL); the mean
+        hardly moves."""
+        return sorted(latencies)[int(len(latencies) * TAIL)] if latencies else 0.0
 
 
 class Pacer:
@@ -84,7 +94,7 @@ class Pacer:
         self._on_change = on_change
         self.duty = INITIAL_DUTY if connect is not None else 1.0
         # A chunk holds its rows' locks until it commits, so an application write to one of them waits up to a
-        # chunk's time: lock waits shorten the chunks, not only the duty.
+        # chunk's time: while the application runs, chunks are short.
         self.chunk_scale = 1.0
         self.reason = "starting" if connect is not None else "full speed (--full-speed)"
         self._busy = 0
@@ -146,28 +156,30 @@ class Pacer:
             # Without the sampler the job keeps the duty it has: paced, not stopped (health signals still apply).
             log.warning("pacer: cannot sample pg_stat_activity (%s); the job keeps a %.0f%% duty", exc, self.duty * 100)
             return
+        seen: dict[int, float] = {}  # pid -> start of the last statement already counted
         with conn:
             conn.autocommit = True
             while not self._stop.wait(SAMPLE_EVERY):
                 try:
-                    row = conn.execute(SAMPLE_SQL).fetchone()
+                    rows = conn.execute(SAMPLE_SQL).fetchall()
                 except psycopg.Error as exc:
                     log.warning("pacer: sampling failed (%s); the job keeps a %.0f%% duty", exc, self.duty * 100)
                     return
-                assert row is not None
-                self.observe(int(row[0]), int(row[1]))
+                ended = []
+                for pid, _running, started, took, _waits in rows:
+                    if took is not None and started is not None and seen.get(pid) != started:
+                        seen[pid] = started
+                        ended.append(float(took))
+                self.observe(ended, sum(1 for r in rows if r[1]), sum(1 for r in rows if r[4]))
 
-    def observe(self, active: int, blocked: int, now: float | None = None) -> None:
-        """One sample; decides once a window is full."""
+    def observe(self, ended: Sequence[float], active: int, blocked: int, now: float | None = None) -> None:
+        """One sample: the durations of the application's statements that ended since the last one (seconds), its
+        statements running now, its backends waiting on our locks. Decides once a window is full."""
         now = time.monotonic() if now is None else now
         with self._lock:
             w = self._window
-            if self._busy:
-                w.working += 1
-                w.working_active += active
-            else:
-                w.resting += 1
-                w.resting_active += active
+            (w.working if self._busy else w.resting).extend(ended)
+            w.active += active > 0
             w.blocked += blocked
             if now - w.started < WINDOW:
                 return
@@ -175,26 +187,28 @@ class Pacer:
                 self._window = Window(started=now)
 
     def _decide(self, w: Window) -> bool:
-        """Adjust the duty from a window; False when the window needs more samples first."""
-        work, rest = w.mean(True), w.mean(False)
+        """Adjust the pace from a window; False when the window needs more statements first."""
+        work, rest = w.tail(w.working), w.tail(w.resting)
         if w.blocked:
             self.duty = max(MIN_DUTY, self.duty * DECREASE)
-            self.chunk_scale = max(MIN_CHUNK_SCALE, self.chunk_scale / 2)
+            self.chunk_scale = ACTIVE_CHUNK_SCALE
             self.reason = f"application sessions waited on the job's locks ({w.blocked} samples)"
-        elif w.working_active == 0 and w.resting_active == 0:
+        elif not w.working and not w.resting and not w.active:
             self.duty, self.chunk_scale = 1.0, 1.0
-            self.reason = "no other active sessions"
-        elif w.working < MIN_SAMPLES or w.resting < MIN_SAMPLES:
+            self.reason = "no other sessions at work in the database"
+        elif len(w.working) < MIN_STATEMENTS or len(w.resting) < MIN_STATEMENTS:
             # Not enough of one side to compare (at full duty there is no resting at all): ask for a short rest.
-            self._probe_due = w.resting < MIN_SAMPLES
+            self.chunk_scale = ACTIVE_CHUNK_SCALE
+            self._probe_due = len(w.resting) < MIN_STATEMENTS
             return False
-        elif work > rest * BUSIER + NOISE:
+        elif work > rest * SLOWER:
             self.duty = max(MIN_DUTY, self.duty * DECREASE)
-            self.reason = f"application busier while copying ({work:.2f} vs {rest:.2f} active sessions)"
+            self.reason = (
+                f"application slower while copying ({work * 1000:.2f} vs {rest * 1000:.2f} ms, 90th percentile)"
+            )
         else:
             self.duty = min(1.0, self.duty + INCREASE)
-            self.chunk_scale = min(1.0, self.chunk_scale * 1.25)
-            self.reason = f"application unaffected ({work:.2f} vs {rest:.2f} active sessions)"
+            self.reason = f"application unaffected ({work * 1000:.2f} vs {rest * 1000:.2f} ms, 90th percentile)"
         self.decisions += 1
         if self._on_change is not None and _crossed(self._reported, self.duty):
             self._reported = self.duty

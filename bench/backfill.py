@@ -149,6 +149,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--chunk-time", type=float, help="backfill --chunk-time (default: the backfill's)")
+    ap.add_argument("--full-speed", action="store_true", help="backfill --full-speed (no adaptive pace)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch database")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -171,6 +172,8 @@ def main() -> None:
         extra = ["--workers", str(args.workers)]
         if args.chunk_time:
             extra += ["--chunk-time", str(args.chunk_time)]
+        if args.full_speed:
+            extra.append("--full-speed")
         with psycopg.connect(dsn, autocommit=True) as conn:
             for i in range(args.runs):
                 order = ("offline", "backfill") if i % 2 == 0 else ("backfill", "offline")

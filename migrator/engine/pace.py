@@ -167,7 +167,8 @@ class Pacer:
                     return
                 ended = []
                 for pid, _running, started, took, _waits in rows:
-                    if took is not None and started is not None and seen.get(pid) != started:
+                    # A backend seen for the first time may have gone idle long ago: only what ends from now counts.
+                    if took is not None and started is not None and seen.setdefault(pid, started) != started:
                         seen[pid] = started
                         ended.append(float(took))
                 self.observe(ended, sum(1 for r in rows if r[1]), sum(1 for r in rows if r[4]))
@@ -193,7 +194,8 @@ class Pacer:
             self.duty = max(MIN_DUTY, self.duty * DECREASE)
             self.chunk_scale = ACTIVE_CHUNK_SCALE
             self.reason = f"application sessions waited on the job's locks ({w.blocked} samples)"
-        elif not w.working and not w.resting and not w.active:
+        elif len(w.working) + len(w.resting) < MIN_STATEMENTS and not w.active:
+            # Hardly anything runs besides us (a few statements a second at most): nobody to slow down.
             self.duty, self.chunk_scale = 1.0, 1.0
             self.reason = "no other sessions at work in the database"
         elif len(w.working) < MIN_STATEMENTS or len(w.resting) < MIN_STATEMENTS:

@@ -5,7 +5,8 @@ A hook named `<event>` or `<event>.<anything>` runs on that event; one named `an
 event. Each gets the event as JSON on stdin and as environment variables (MIGRATOR_EVENT, MIGRATOR_MIGRATION,
 MIGRATOR_STATE, MIGRATOR_PHASE, and MIGRATOR_<FIELD> for each of the event's plain fields), and runs with a
 timeout. A hook that fails or times out is warned about and never breaks the migration — except a gate's own hook
-(`before-contract`): a non-zero exit, or no answer within the timeout, refuses that step (exit 1, naming the hook).
+(`before-contract`, `before-finalize`): a non-zero exit, or no answer within the timeout, refuses that step (exit 1,
+naming the hook).
 
 Ordinary events are run in order on one background thread, so a slow hook never holds a chunk (or the health
 check that noticed a red signal) back; `close` waits for the ones still queued, each within its timeout.
@@ -39,7 +40,7 @@ EVENTS = (
     "validation-failed",
     "quarantine-grew",
 )
-GATES = ("before-contract",)
+GATES = ("before-contract", "before-finalize")
 ANY = "any"
 DEFAULT_TIMEOUT = 30.0
 # quarantine-grew is told at most this often (seconds) while a copy keeps quarantining rows, with the rows since.

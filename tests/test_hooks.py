@@ -206,6 +206,27 @@ def test_quarantine_grew_fires_with_the_rows_the_backfill_quarantined(
     assert sum(e[3]["rows"] for e in events if e[0] == "quarantine-grew") == quarantined
 
 
+def test_a_gate_hook_vetoes_finalize(write_new: Database, database_url: str, run_cli: Any, tmp_path: Path) -> None:
+    """A before-finalize hook that exits 1 refuses finalize (exit 1, naming the hook) and the archive stays; once
+    it exits 0, finalize runs."""
+    assert run_cli("--dsn", database_url, "--yes", "contract", "--quiet-period", "0").exit_code == 0
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    gate = _hook(hooks, "before-finalize", "#!/bin/sh\necho 'archive not yet copied to cold storage' >&2\nexit 1\n")
+    args = ("--dsn", database_url, "--json", "--hook-dir", str(hooks), "--yes", "finalize")
+    args += ("--min-age", "0", "--quiet-period", "0")
+    r = run_cli(*args)
+    assert r.exit_code == 1
+    assert str(gate) in r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["state"] == "contracted"
+    with write_new.connect() as c:
+        assert c.execute("SELECT to_regclass('public.core_project_archived') IS NOT NULL").fetchone() == (True,)
+    gate.write_text("#!/bin/sh\nexit 0\n")
+    r = run_cli(*args)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["state"] == "finalized"
+
+
 @pytest.mark.unit
 def test_the_readme_lists_every_event_and_gate() -> None:
     """README's Observability section names every hook event and gate the code fires."""

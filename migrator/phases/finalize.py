@@ -124,6 +124,7 @@ class Finalize(Phase[Options]):
             dependents.require_droppable(tr.conn, spec, keep_view=opts.keep_compat_view)
             # Outside a transaction: the moved mark must stay committed when the guard refuses.
             guards.wait_for_quiet(tr.conn, spec, "legacy", opts.quiet_period, opts.wait, self.name, ctx.reporter.step)
+            ctx.observer.gate("before-finalize", archive=_archive(spec), keep_compat_view=opts.keep_compat_view)
             details: dict[str, Any] = {
                 "min_age_seconds": opts.min_age,
                 "retention_shortened": opts.min_age < DEFAULT_MIN_AGE,

@@ -1,6 +1,6 @@
 -- Shared by the sync function and (inline, saving a call per statement) the forward trigger.
     -- While we write the split rows, the reverse triggers (on in write_new) must not copy them back.
-    PERFORM set_config('migrator.origin', 'legacy', true);
+    {mark}
     BEGIN
         {sync}
         -- A quarantined key has no split rows (the handler below removes them), so only a row whose base row
@@ -19,4 +19,4 @@
            SET sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, row_data = EXCLUDED.row_data,
                source = EXCLUDED.source, last_seen = now(), resolved_at = NULL;
     END;
-    PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
+    {unmark}

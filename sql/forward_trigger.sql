@@ -2,7 +2,7 @@
 -- application's own transaction.
 #variable_conflict use_column
 DECLARE
-    v_origin text := current_setting('migrator.origin', true);
+    {origin_decl}
     v_full boolean := true;
     v_inserted boolean;
 BEGIN
@@ -11,25 +11,25 @@ BEGIN
         RETURN NULL;
     END IF;
     IF TG_OP = 'DELETE' THEN
-        PERFORM set_config('migrator.origin', 'legacy', true);
+        {mark}
         DELETE FROM {base} WHERE {pk} = OLD.{pk};
         UPDATE {quarantine} SET resolved_at = now()
          WHERE migration = {migration} AND key = OLD.{pk}::text AND resolved_at IS NULL;
-        PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
+        {unmark}
         RETURN NULL;
     END IF;
     IF TG_OP = 'UPDATE' AND OLD.{pk} IS DISTINCT FROM NEW.{pk} THEN
-        PERFORM set_config('migrator.origin', 'legacy', true);
+        {mark}
         DELETE FROM {base} WHERE {pk} = OLD.{pk};
         UPDATE {quarantine} SET resolved_at = now()
          WHERE migration = {migration} AND key = OLD.{pk}::text AND resolved_at IS NULL;
-        PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
+        {unmark}
     ELSIF TG_OP = 'UPDATE' AND OLD.{disc} IS NOT DISTINCT FROM NEW.{disc} THEN
         -- Same key, same variant: write only the split rows whose columns changed. Any doubt falls back to the
         -- full sync below: no base row (never copied, a backfill chunk's copy still uncommitted and so invisible
         -- here — the full sync's upsert waits for it — or a quarantined key, whose split rows the quarantine
         -- removed), or a rejection.
-        PERFORM set_config('migrator.origin', 'legacy', true);
+        {mark}
         BEGIN
             IF {base_changed} THEN
                 {base_update}
@@ -44,7 +44,7 @@ BEGIN
             -- Undone; the full sync writes the row again and quarantines the rejection.
             v_full := true;
         END;
-        PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
+        {unmark}
     END IF;
     IF v_full THEN
         {full_sync}

@@ -273,3 +273,39 @@ def test_reverse_backfill_chunks_probe_indexes(db: Database, projects_spec: Spec
             scans = [n["Relation Name"] for n in nodes if n["Node Type"] == "Seq Scan"]
             assert joins == [], f"{what}: {joins}"
             assert not split_tables & set(scans), f"{what} scans {scans} whole"
+
+
+def _legacy_updates_of_one_write(db: Database) -> int:
+    """Update one legacy row in a transaction; how many row updates the legacy table saw in it (2: bounced back)."""
+    with db.connect() as c:
+        c.execute("UPDATE public.core_project SET name = 'once' WHERE id = 42")
+        row = c.execute(
+            "SELECT n_tup_upd FROM pg_catalog.pg_stat_xact_user_tables WHERE relid = 'public.core_project'::regclass"
+        ).fetchone()
+        c.rollback()
+    assert row is not None
+    return int(row[0])
+
+
+def test_the_forward_sync_marks_its_writes_only_while_reverse_triggers_exist(
+    seeded: Database, projects_spec: Spec
+) -> None:
+    """Before switch-writes the forward function does not mark the transaction's origin (a cost with nothing to
+    tell apart); switch-writes makes it mark first, so a legacy write in write_new is not copied back to legacy by
+    the reverse sync; the rollback from contracted restores the marking version."""
+
+    def marks() -> bool:
+        with seeded.connect() as c:
+            src = c.execute("SELECT prosrc FROM pg_catalog.pg_proc WHERE proname = 'core_project_split_forward'")
+            return "set_config('migrator.origin', 'legacy'" in src.fetchone()[0]  # type: ignore[index]
+
+    _advance(seeded, projects_spec, "read_new")
+    assert not marks()
+    assert _legacy_updates_of_one_write(seeded) == 1
+    _advance(seeded, projects_spec, "write_new")
+    assert marks()
+    assert _legacy_updates_of_one_write(seeded) == 1
+    Contract(contract.Options(quiet_period=0)).apply(Context(projects_spec, seeded))
+    operations.rollback(Context(projects_spec, seeded))
+    assert marks()
+    assert _legacy_updates_of_one_write(seeded) == 1

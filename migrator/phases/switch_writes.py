@@ -35,7 +35,9 @@ class SwitchWrites(Phase[Options]):
         # The legacy table's own BEFORE row triggers fire on the reverse sync's writes too; where it has any, each
         # reverse function writes their effect back to the split row (known from the catalog, so not offline).
         write_back = conn is not None and bool(legacy_before_triggers(conn, ctx.spec))
-        return triggers.reverse_actions(ctx.spec, write_back=write_back)
+        # The forward sync marks its writes first, so the reverse triggers never copy them back.
+        mark = triggers.forward_function_action(ctx.spec, mark_origin=True)
+        return [mark, *triggers.reverse_actions(ctx.spec, write_back=write_back)]
 
     def apply(self, ctx: Context) -> None:
         """Guard: legacy equals split right before. Then reverse sync on, then the flag."""

@@ -198,7 +198,7 @@ def restore_statements(spec: Spec, moved: Sequence[sql.Composable] = ()) -> list
             sql.SQL("ALTER TABLE {} RENAME TO {}").format(names.archive(spec), ident(spec.source.table)),
         ]
     )
-    stmts += [a.statement for a in triggers.forward_actions(spec)]
+    stmts += [a.statement for a in triggers.forward_actions(spec, mark_origin=True)]
     stmts += [a.statement for a in triggers.reverse_actions(spec)]
     return stmts
 

@@ -242,7 +242,7 @@ DECLARE
 BEGIN
     -- Shared by the sync function and (inline, saving a call per statement) the forward trigger.
     -- While we write the split rows, the reverse triggers (on in write_new) must not copy them back.
-    PERFORM set_config('migrator.origin', 'legacy', true);
+    PERFORM pg_catalog.set_config('migrator.origin', 'legacy', true);
     BEGIN
         INSERT INTO "billing_v2"."payments" AS t ("payment_uuid", "method", "amount", "currency", "paid_at") VALUES (r."payment_uuid", r."method", r."amount", r."currency", r."paid_at")
         ON CONFLICT ("payment_uuid") DO UPDATE SET ("method", "amount", "currency", "paid_at") = ROW(EXCLUDED."method", EXCLUDED."amount", EXCLUDED."currency", EXCLUDED."paid_at")
@@ -305,13 +305,13 @@ BEGIN
            SET sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, row_data = EXCLUDED.row_data,
                source = EXCLUDED.source, last_seen = now(), resolved_at = NULL;
     END;
-    PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
+    PERFORM pg_catalog.set_config('migrator.origin', coalesce(v_origin, ''), true);
 END
 $migrator$;
 REVOKE EXECUTE ON FUNCTION "migrator_pay"."payments_split_sync"(r "billing"."legacy_payments", p_op text, p_source text) FROM PUBLIC;
 COMMIT;
 
--- create forward trigger function (legacy -> split)
+-- create forward trigger function (legacy -> split; no reverse triggers to tell apart)
 BEGIN;
 SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
@@ -321,7 +321,7 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $migrator$
 -- application's own transaction.
 #variable_conflict use_column
 DECLARE
-    v_origin text := current_setting('migrator.origin', true);
+    v_origin text;
     v_full boolean := true;
     v_inserted boolean;
 BEGIN
@@ -330,25 +330,25 @@ BEGIN
         RETURN NULL;
     END IF;
     IF TG_OP = 'DELETE' THEN
-        PERFORM set_config('migrator.origin', 'legacy', true);
+        NULL;  -- no reverse trigger to tell apart: nothing to mark
         DELETE FROM "billing_v2"."payments" WHERE "payment_uuid" = OLD."payment_uuid";
         UPDATE "migrator_pay"."quarantine" SET resolved_at = now()
          WHERE migration = 'payments_split' AND key = OLD."payment_uuid"::text AND resolved_at IS NULL;
-        PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
+        NULL;  -- no reverse trigger to tell apart: nothing to mark
         RETURN NULL;
     END IF;
     IF TG_OP = 'UPDATE' AND OLD."payment_uuid" IS DISTINCT FROM NEW."payment_uuid" THEN
-        PERFORM set_config('migrator.origin', 'legacy', true);
+        NULL;  -- no reverse trigger to tell apart: nothing to mark
         DELETE FROM "billing_v2"."payments" WHERE "payment_uuid" = OLD."payment_uuid";
         UPDATE "migrator_pay"."quarantine" SET resolved_at = now()
          WHERE migration = 'payments_split' AND key = OLD."payment_uuid"::text AND resolved_at IS NULL;
-        PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
+        NULL;  -- no reverse trigger to tell apart: nothing to mark
     ELSIF TG_OP = 'UPDATE' AND OLD."method" IS NOT DISTINCT FROM NEW."method" THEN
         -- Same key, same variant: write only the split rows whose columns changed. Any doubt falls back to the
         -- full sync below: no base row (never copied, a backfill chunk's copy still uncommitted and so invisible
         -- here — the full sync's upsert waits for it — or a quarantined key, whose split rows the quarantine
         -- removed), or a rejection.
-        PERFORM set_config('migrator.origin', 'legacy', true);
+        NULL;  -- no reverse trigger to tell apart: nothing to mark
         BEGIN
             IF ROW(OLD."method", OLD."amount", OLD."currency", OLD."paid_at")::record *<> ROW(NEW."method", NEW."amount", NEW."currency", NEW."paid_at")::record THEN
                 UPDATE "billing_v2"."payments" SET ("method", "amount", "currency", "paid_at") = ROW(NEW."method", NEW."amount", NEW."currency", NEW."paid_at") WHERE "payment_uuid" = NEW."payment_uuid";
@@ -405,12 +405,12 @@ BEGIN
             -- Undone; the full sync writes the row again and quarantines the rejection.
             v_full := true;
         END;
-        PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
+        NULL;  -- no reverse trigger to tell apart: nothing to mark
     END IF;
     IF v_full THEN
         -- Shared by the sync function and (inline, saving a call per statement) the forward trigger.
     -- While we write the split rows, the reverse triggers (on in write_new) must not copy them back.
-    PERFORM set_config('migrator.origin', 'legacy', true);
+    NULL;  -- no reverse trigger to tell apart: nothing to mark
     BEGIN
         INSERT INTO "billing_v2"."payments" AS t ("payment_uuid", "method", "amount", "currency", "paid_at") VALUES (NEW."payment_uuid", NEW."method", NEW."amount", NEW."currency", NEW."paid_at")
         ON CONFLICT ("payment_uuid") DO UPDATE SET ("method", "amount", "currency", "paid_at") = ROW(EXCLUDED."method", EXCLUDED."amount", EXCLUDED."currency", EXCLUDED."paid_at")
@@ -473,7 +473,7 @@ BEGIN
            SET sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, row_data = EXCLUDED.row_data,
                source = EXCLUDED.source, last_seen = now(), resolved_at = NULL;
     END;
-    PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
+    NULL;  -- no reverse trigger to tell apart: nothing to mark
     END IF;
     RETURN NULL;
 END

@@ -261,7 +261,7 @@ DECLARE
 BEGIN
     -- Shared by the sync function and (inline, saving a call per statement) the forward trigger.
     -- While we write the split rows, the reverse triggers (on in write_new) must not copy them back.
-    PERFORM set_config('migrator.origin', 'legacy', true);
+    PERFORM pg_catalog.set_config('migrator.origin', 'legacy', true);
     BEGIN
         INSERT INTO "public"."projects" AS t ("id", "name", "project_type", "owner_id", "start_date", "end_date", "is_draft", "created_at", "updated_at") VALUES (r."id", r."name", r."project_type", r."owner_id", r."start_date", r."end_date", r."is_draft", r."created_at", r."updated_at")
         ON CONFLICT ("id") DO UPDATE SET ("name", "project_type", "owner_id", "start_date", "end_date", "is_draft", "created_at", "updated_at") = ROW(EXCLUDED."name", EXCLUDED."project_type", EXCLUDED."owner_id", EXCLUDED."start_date", EXCLUDED."end_date", EXCLUDED."is_draft", EXCLUDED."created_at", EXCLUDED."updated_at")
@@ -306,13 +306,13 @@ BEGIN
            SET sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, row_data = EXCLUDED.row_data,
                source = EXCLUDED.source, last_seen = now(), resolved_at = NULL;
     END;
-    PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
+    PERFORM pg_catalog.set_config('migrator.origin', coalesce(v_origin, ''), true);
 END
 $migrator$;
 REVOKE EXECUTE ON FUNCTION "migrator"."core_project_split_sync"(r "public"."core_project", p_op text, p_source text) FROM PUBLIC;
 COMMIT;
 
--- create forward trigger function (legacy -> split)
+-- create forward trigger function (legacy -> split; no reverse triggers to tell apart)
 BEGIN;
 SET LOCAL lock_timeout = '500ms';
 SET LOCAL statement_timeout = '60000ms';
@@ -322,7 +322,7 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $migrator$
 -- application's own transaction.
 #variable_conflict use_column
 DECLARE
-    v_origin text := current_setting('migrator.origin', true);
+    v_origin text;
     v_full boolean := true;
     v_inserted boolean;
 BEGIN
@@ -331,25 +331,25 @@ BEGIN
         RETURN NULL;
     END IF;
     IF TG_OP = 'DELETE' THEN
-        PERFORM set_config('migrator.origin', 'legacy', true);
+        NULL;  -- no reverse trigger to tell apart: nothing to mark
         DELETE FROM "public"."projects" WHERE "id" = OLD."id";
         UPDATE "migrator"."quarantine" SET resolved_at = now()
          WHERE migration = 'core_project_split' AND key = OLD."id"::text AND resolved_at IS NULL;
-        PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
+        NULL;  -- no reverse trigger to tell apart: nothing to mark
         RETURN NULL;
     END IF;
     IF TG_OP = 'UPDATE' AND OLD."id" IS DISTINCT FROM NEW."id" THEN
-        PERFORM set_config('migrator.origin', 'legacy', true);
+        NULL;  -- no reverse trigger to tell apart: nothing to mark
         DELETE FROM "public"."projects" WHERE "id" = OLD."id";
         UPDATE "migrator"."quarantine" SET resolved_at = now()
          WHERE migration = 'core_project_split' AND key = OLD."id"::text AND resolved_at IS NULL;
-        PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
+        NULL;  -- no reverse trigger to tell apart: nothing to mark
     ELSIF TG_OP = 'UPDATE' AND OLD."project_type" IS NOT DISTINCT FROM NEW."project_type" THEN
         -- Same key, same variant: write only the split rows whose columns changed. Any doubt falls back to the
         -- full sync below: no base row (never copied, a backfill chunk's copy still uncommitted and so invisible
         -- here — the full sync's upsert waits for it — or a quarantined key, whose split rows the quarantine
         -- removed), or a rejection.
-        PERFORM set_config('migrator.origin', 'legacy', true);
+        NULL;  -- no reverse trigger to tell apart: nothing to mark
         BEGIN
             IF ROW(OLD."name", OLD."project_type", OLD."owner_id", OLD."start_date", OLD."end_date", OLD."is_draft", OLD."created_at", OLD."updated_at")::record *<> ROW(NEW."name", NEW."project_type", NEW."owner_id", NEW."start_date", NEW."end_date", NEW."is_draft", NEW."created_at", NEW."updated_at")::record THEN
                 UPDATE "public"."projects" SET ("name", "project_type", "owner_id", "start_date", "end_date", "is_draft", "created_at", "updated_at") = ROW(NEW."name", NEW."project_type", NEW."owner_id", NEW."start_date", NEW."end_date", NEW."is_draft", NEW."created_at", NEW."updated_at") WHERE "id" = NEW."id";
@@ -384,12 +384,12 @@ BEGIN
             -- Undone; the full sync writes the row again and quarantines the rejection.
             v_full := true;
         END;
-        PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
+        NULL;  -- no reverse trigger to tell apart: nothing to mark
     END IF;
     IF v_full THEN
         -- Shared by the sync function and (inline, saving a call per statement) the forward trigger.
     -- While we write the split rows, the reverse triggers (on in write_new) must not copy them back.
-    PERFORM set_config('migrator.origin', 'legacy', true);
+    NULL;  -- no reverse trigger to tell apart: nothing to mark
     BEGIN
         INSERT INTO "public"."projects" AS t ("id", "name", "project_type", "owner_id", "start_date", "end_date", "is_draft", "created_at", "updated_at") VALUES (NEW."id", NEW."name", NEW."project_type", NEW."owner_id", NEW."start_date", NEW."end_date", NEW."is_draft", NEW."created_at", NEW."updated_at")
         ON CONFLICT ("id") DO UPDATE SET ("name", "project_type", "owner_id", "start_date", "end_date", "is_draft", "created_at", "updated_at") = ROW(EXCLUDED."name", EXCLUDED."project_type", EXCLUDED."owner_id", EXCLUDED."start_date", EXCLUDED."end_date", EXCLUDED."is_draft", EXCLUDED."created_at", EXCLUDED."updated_at")
@@ -434,7 +434,7 @@ BEGIN
            SET sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, row_data = EXCLUDED.row_data,
                source = EXCLUDED.source, last_seen = now(), resolved_at = NULL;
     END;
-    PERFORM set_config('migrator.origin', coalesce(v_origin, ''), true);
+    NULL;  -- no reverse trigger to tell apart: nothing to mark
     END IF;
     RETURN NULL;
 END

@@ -212,13 +212,13 @@ def forward_sync_body(spec: Spec, row: str = "r", op: str = "p_op", inserted: st
 # (on in write_new) do not copy its writes back. Each mark costs two set_config calls per legacy row (about 3% of
 # the application's write throughput, measured), so the forward trigger marks only while reverse triggers exist:
 # switch-writes replaces it with the marking version before it attaches them.
-MARK = raw("PERFORM pg_catalog.set_config('migrator.origin', 'legacy', true);")
-UNMARK = raw("PERFORM pg_catalog.set_config('migrator.origin', coalesce(v_origin, ''), true);")
 NO_MARK = raw("NULL;  -- no reverse trigger to tell apart: nothing to mark")
 
 
 def _marks(mark_origin: bool) -> dict[str, sql.Composable]:
-    return {"mark": MARK, "unmark": UNMARK} if mark_origin else {"mark": NO_MARK, "unmark": NO_MARK}
+    if not mark_origin:
+        return {"mark": NO_MARK, "unmark": NO_MARK}
+    return {"mark": render("forward_mark"), "unmark": render("forward_unmark")}
 
 
 def _origin_decl(mark_origin: bool) -> sql.Composable:

@@ -1,0 +1,1 @@
+PERFORM pg_catalog.set_config('migrator.origin', 'legacy', true);

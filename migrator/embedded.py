@@ -66,7 +66,11 @@ def stop(data_dir: Path | None = None) -> bool:
     # through a handle of its own: closing the last handle with cleanup_mode "stop" stops the server.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mod.get_server(path, cleanup_mode="stop").cleanup()
+        server = mod.get_server(path, cleanup_mode="stop")
+        # In a process that started it (the demo, then `embedded --purge` in one test or library session) the
+        # wheel hands back that first handle, made to keep the server running: this one call must stop it.
+        server.cleanup_mode = "stop"
+        server.cleanup()
     return True
 
 

@@ -398,3 +398,5 @@ def test_demo_status_and_purge_on_the_embedded_server(
     assert purged.exit_code == 0, purged.stderr
     assert json.loads(purged.stdout)["details"]["purged"] is True
     assert not data.exists()
+    # Stopped too, though this process started it (the wheel's first handle was made to keep it running).
+    assert subprocess.run(["pgrep", "-f", str(data)], capture_output=True, check=False).returncode == 1

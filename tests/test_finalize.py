@@ -117,6 +117,24 @@ def test_refused_before_the_retention_period(
     assert _state(contracted, projects_spec) == "contracted"
 
 
+def test_the_retention_counts_from_contract_not_from_later_audit_rows(
+    contracted: Database, projects_spec: Spec, database_url: str, run_cli: Any
+) -> None:
+    """A cleanup-drafts run in contracted (audited with from = to = contracted) does not restart the retention
+    clock: contracted two hours ago, finalize --min-age 1h passes."""
+    with contracted.connect() as c:
+        c.execute("UPDATE migrator.transitions SET at = at - interval '2 hours' WHERE to_state = 'contracted'")
+        c.commit()
+    cleaned = run_cli("--dsn", database_url, "--json", "cleanup-drafts", "--older-than", "24h", "--dry-run")
+    assert cleaned.exit_code == 0, cleaned.stderr
+    with contracted.connect() as c:
+        same = "SELECT count(*) FROM migrator.transitions WHERE from_state = 'contracted' AND to_state = 'contracted'"
+        assert c.execute(same).fetchone() == (1,)
+    r = run_cli("--dsn", database_url, "--json", "--yes", "finalize", "--min-age", "1h", "--quiet-period", "0")
+    assert r.exit_code == 0, r.stderr
+    assert _state(contracted, projects_spec) == "finalized"
+
+
 def test_refused_while_the_compat_view_is_written(
     contracted: Database, projects_spec: Spec, database_url: str, run_cli: Any, conn: psycopg.Connection[Any]
 ) -> None:

@@ -180,9 +180,12 @@ def _dropped(spec: Spec, acts: list[Action], keep_view: bool) -> list[str]:
 def _require_retention(conn: psycopg.Connection[Any], spec: Spec, contracted: str, min_age: float) -> float:
     """Seconds since contract; refuses while that is shorter than the retention period."""
     row = conn.execute(
-        sql.SQL("SELECT extract(epoch FROM now() - max(at)) FROM {} WHERE migration = %s AND to_state = %s").format(
-            names.state(spec, "transitions")
-        ),
+        # The transition into contracted, not any row that stayed there (validate, cleanup-drafts and health
+        # pauses are audited with from = to): those must not restart the retention clock.
+        sql.SQL(
+            "SELECT extract(epoch FROM now() - max(at)) FROM {} "
+            "WHERE migration = %s AND to_state = %s AND from_state IS DISTINCT FROM to_state"
+        ).format(names.state(spec, "transitions")),
         [spec.migration_name, contracted],
     ).fetchone()
     age = float(row[0]) if row and row[0] is not None else 0.0

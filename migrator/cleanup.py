@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from migrator import jsonenc, lifecycle, state
-from migrator.db import advisory_lock, operator_name, scalar, table_exists
+from migrator import lifecycle, state
+from migrator.db import advisory_lock, scalar, table_exists
 from migrator.engine.actions import run_actions
 from migrator.engine.chunking import ChunkSizer
 from migrator.engine.context import Context
@@ -237,12 +237,5 @@ def _no_index(t: Target) -> str:
 
 
 def _audit(conn: psycopg.Connection[Any], spec: Spec, result: Result, reason: str | None) -> None:
-    # Not state.record: that moves the state row and ends a transition in flight; a cleanup run moves neither.
-    params: dict[str, Any] = {"migration": spec.migration_name, "state": result.state, "command": COMMAND}
-    params |= {
-        "actor": operator_name(),
-        "reason": reason,
-        "duration_ms": int(result.seconds * 1000),
-        "details": jsonenc.dumps(asdict(result)),
-    }
-    conn.execute(render("cleanup_audit", transitions=names.state(spec, "transitions")), params)
+    ms = int(result.seconds * 1000)
+    state.audit(conn, spec, result.state, COMMAND, asdict(result), reason=reason, duration_ms=ms)

@@ -13,6 +13,7 @@ has a done check); a `rollback` from the state it started in first undoes what i
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -32,6 +33,8 @@ from migrator.lifecycle import START, STATES, next_command
 from migrator.spec import Spec
 from migrator.sqlgen import names, repoint
 from migrator.sqlgen.compose import ident, join, literal, raw, render
+
+log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "migrator_flags"
 
@@ -118,6 +121,53 @@ def record(
         "SELECT pg_notify(%s, %s)",
         [NOTIFY_CHANNEL, jsonenc.dumps({"migration": spec.migration_name, "state": to_state, "from": from_state})],
     )
+
+
+def audit(
+    conn: psycopg.Connection[Any],
+    spec: Spec,
+    state_: str,
+    command: str,
+    details: dict[str, Any],
+    *,
+    reason: str | None = None,
+    duration_ms: int | None = None,
+) -> None:
+    """An audit row for something that happened in a state without leaving it (from = to): not `record`, which
+    moves the state row and ends a transition in flight."""
+    params: dict[str, Any] = {"migration": spec.migration_name, "state": state_, "command": command}
+    params |= {
+        "actor": operator_name(),
+        "reason": reason,
+        "duration_ms": duration_ms,
+        "details": jsonenc.dumps(details),
+    }
+    conn.execute(render("audit_row", transitions=names.state(spec, "transitions")), params)
+
+
+class HealthAudit:
+    """An observer (engine.context.Observer) that writes an audit row each time a long job pauses on a health
+    signal and each time that signal is green again, naming the signal and what it read."""
+
+    EDGES = {"throttled": "paused", "unthrottled": "resumed"}
+
+    def __init__(self, db: Database, spec: Spec, state_: str, job: str) -> None:
+        self.db, self.spec, self.state, self.job = db, spec, state_, job
+
+    def event(self, name: str, **fields: Any) -> None:
+        if name not in self.EDGES:
+            return
+        details = {"event": self.EDGES[name], "job": self.job, "signal": fields.get("signal"),
+                   "detail": fields.get("detail")}  # fmt: skip
+        try:
+            with self.db.connect(autocommit=True) as conn:
+                audit(conn, self.spec, self.state, "health", details)
+        except psycopg.Error as exc:
+            # The audit row is a record of the pause, not a condition of it: the job goes on.
+            log.warning("could not write the health audit row (%s): %s", details["event"], exc)
+
+    def gate(self, name: str, **fields: Any) -> None:
+        pass
 
 
 # -- progress of a multi-step transition -----------------------------------------------------------------------

@@ -198,7 +198,8 @@ def test_an_invalid_health_limit_exits_2(run_cli: Any, args: list[str]) -> None:
 def test_the_cli_limit_reaches_the_backfill(
     expanded: Database, database_url: str, migrator_exe: str, holder: psycopg.Connection[Any]
 ) -> None:
-    """`backfill --max-transaction-age 1` pauses behind a held transaction, then finishes once it ends."""
+    """`backfill --max-transaction-age 1` pauses behind a held transaction, then finishes once it ends; the pause
+    and the resume are audited."""
     proc = subprocess.Popen(
         [migrator_exe, "--json", "--dsn", database_url, "backfill", "--max-transaction-age", "1"],
         stdout=subprocess.PIPE,
@@ -223,6 +224,16 @@ def test_the_cli_limit_reaches_the_backfill(
     result = json.loads(out.strip().splitlines()[-1])
     assert result["state"] == "backfilled"
     assert any("health green again" in json.loads(line).get("message", "") for line in out.splitlines())
+    # The pause and its end are in the audit log, in the state the job ran in, naming the signal.
+    with expanded.connect(autocommit=True) as c:
+        rows = c.execute(
+            "SELECT from_state, to_state, details->>'event', details->>'signal', details->>'job' "
+            "FROM migrator.transitions WHERE command = 'health' ORDER BY id"
+        ).fetchall()
+    assert rows == [
+        ("dual_write", "dual_write", "paused", "old_transaction", "backfill"),
+        ("dual_write", "dual_write", "resumed", "old_transaction", "backfill"),
+    ]
 
 
 @pytest.fixture

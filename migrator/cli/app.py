@@ -322,6 +322,8 @@ def begin(app: App, *, check_spec: bool = False) -> State:
         current = state.read(conn, app.spec)
     _outcome.before = current
     _outcome.reread = lambda: read_state(app)
+    # Each pause of a long job on a health signal, and its end, goes to the audit log.
+    app.observer.observers.append(state.HealthAudit(app.db, app.spec, current.state, _outcome.command or "migrator"))
     _observe_state(app, current)
     if _outcome.command in PHASE_COMMANDS:
         app.observer.event("phase-start", from_state=current.state)

@@ -16,32 +16,16 @@ from migrator.db import Database
 from migrator.engine.context import Context, NullReporter
 from migrator.engine.session import set_local
 from migrator.errors import BadInputError, LockHeld
-from migrator.phases import contract, switch_reads, validate
 from migrator.phases.backfill import Backfill
-from migrator.phases.base import Phase
-from migrator.phases.contract import Contract
 from migrator.phases.expand import Expand
-from migrator.phases.switch_reads import SwitchReads
-from migrator.phases.switch_writes import SwitchWrites
-from migrator.phases.validate import Validate
 from migrator.seed import seed
 from migrator.spec import Spec
 from tests.test_json_contract import check
+from tests.test_lifecycle import PHASES
 
 pytestmark = pytest.mark.db
 
 DAY = 86400.0
-PHASES: dict[str, Phase[Any]] = {
-    p.name: p
-    for p in (
-        Expand(),
-        Backfill(),
-        Validate(validate.Options(accept_quarantine=True)),
-        SwitchReads(switch_reads.Options(percent=100)),
-        SwitchWrites(),
-        Contract(contract.Options(quiet_period=0, compat_view=True)),
-    )
-}
 OLD_DRAFTS = "SELECT id FROM public.{} WHERE is_draft AND created_at < now() - interval '24 hours'"
 
 

@@ -17,46 +17,13 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session, configure_mappers, selectinload
 
-from migrator import lifecycle, modelgen, state
+from migrator import modelgen
 from migrator.db import Database
-from migrator.engine.context import Context
-from migrator.phases import contract, switch_reads, validate
-from migrator.phases.backfill import Backfill
-from migrator.phases.base import Phase
-from migrator.phases.contract import Contract
-from migrator.phases.expand import Expand
-from migrator.phases.switch_reads import SwitchReads
-from migrator.phases.switch_writes import SwitchWrites
-from migrator.phases.validate import Validate
 from migrator.seed import seed
 from migrator.spec import Spec, load_spec
 from tests.conftest import Server
 from tests.test_json_contract import check
-
-PHASES: dict[str, Phase[Any]] = {
-    p.name: p
-    for p in (
-        Expand(),
-        Backfill(),
-        Validate(validate.Options(accept_quarantine=True)),
-        SwitchReads(switch_reads.Options(percent=100)),
-        SwitchWrites(),
-        Contract(contract.Options(quiet_period=0, compat_view=True)),
-    )
-}
-
-
-def current_state(db: Database, spec: Spec) -> str:
-    with db.connect(autocommit=True) as c:
-        return state.read(c, spec).state
-
-
-def advance(db: Database, spec: Spec, to: str) -> None:
-    """Run the forward phases (library API, no CLI) until the migration is in `to`."""
-    while (now := current_state(db, spec)) != to:
-        command = lifecycle.next_command(now)
-        assert command is not None, f"{to} is not ahead of {now}"
-        PHASES[command].apply(Context(spec, db))
+from tests.test_lifecycle import _advance as advance
 
 
 def import_source(code: str, directory: Path, name: str) -> ModuleType:

@@ -6,7 +6,6 @@ quoted identifiers inside the plpgsql too.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -19,7 +18,7 @@ from migrator.spec import ColumnSpec, Spec, Variant, written
 from migrator.sqlgen import names, rules
 from migrator.sqlgen.compose import as_text, ident, join, literal, plpgsql_function, raw, render
 from migrator.sqlgen.names import function_name, trigger_name
-from migrator.sqlgen.views import meta_to_legacy
+from migrator.sqlgen.views import base_type, meta_to_legacy
 
 
 def create_trigger(
@@ -89,7 +88,7 @@ def value_settings(spec: Spec) -> dict[str, str]:
     depends on. Other columns cross the sync typed, so no setting touches them."""
     needed: set[str] = set()
     for cs in spec.meta.columns.values() if spec.meta else []:
-        base = re.sub(r"\(.*?\)|\[\d*\]", "", cs.type.lower()).strip()
+        base = base_type(cs.type)
         if base in _SETTING_OF_TYPE:
             needed.add(_SETTING_OF_TYPE[base])
         elif base not in _SETTING_FREE:

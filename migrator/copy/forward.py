@@ -30,6 +30,7 @@ from psycopg import sql
 
 from migrator import state
 from migrator.copy import forward_sql
+from migrator.copy.planner_stats import PlannerStats
 from migrator.db import Database, scalar
 from migrator.engine import retry
 from migrator.engine.chunking import ChunkSizer, RateLimiter
@@ -199,6 +200,8 @@ class Shared:
     health: Health | None = None
     # The adaptive pace the workers rest by between chunks (run_workers sets it for the run).
     pacer: Pacer = field(default_factory=lambda: Pacer(None))
+    # ANALYZE of the split tables as they grow (run_workers sets it for the run).
+    stats: PlannerStats | None = None
 
 
 class Worker:
@@ -289,6 +292,9 @@ class Worker:
                     "pace": self.shared.pacer.describe(),
                 }
             )
+            if self.shared.stats is not None:
+                with self.shared.pacer.working():
+                    self.shared.stats.grown(conn, total)
             if result.last_key is not None:
                 cursor = result.last_key
             if result.paused:
@@ -434,6 +440,8 @@ def run_workers(
     if not opts.full_speed and not opts.batch_size:
         # A fixed --batch-size is a hand-set pace; the adaptive one would fight it.
         shared.pacer = Pacer(lambda: db.raw_connect(autocommit=True), shared.on_step)
+    if shared.stats is None:
+        shared.stats = PlannerStats(spec, shared.on_step)
     with shared.pacer:
         _run_threads(db, spec, opts, shared, keepalive)
 

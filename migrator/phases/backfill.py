@@ -18,6 +18,7 @@ import psycopg
 from migrator import state
 from migrator.copy import forward, forward_sql
 from migrator.copy.forward import CAREFUL_CHUNKS, CHUNK_LOCK_TIMEOUT, Options
+from migrator.copy.planner_stats import FIRST_ROWS, GROWTH, LOCK_TIMEOUT, analyze_sql
 from migrator.engine import retry
 from migrator.engine.actions import Action, run_actions
 from migrator.engine.context import Context, Report
@@ -71,8 +72,15 @@ class Backfill(Phase[Options]):
                 forward_sql.checkpoint_sql(spec),
                 lock_timeout=timeout,
             ),
+            Action(
+                f"refresh the planner's statistics of the split tables at {FIRST_ROWS:,} rows copied and at each "
+                f"{GROWTH}-fold growth: the application's cached plans of the trigger's statements are made again",
+                analyze_sql(spec),
+                lock_timeout=LOCK_TIMEOUT,
+            ),
             # One sorted build per index once the rows are in, rather than maintaining it row by row during the copy.
             *index_actions(spec, self.name),
+            analyze_action(spec),
         ]
 
     def apply(self, ctx: Context) -> None:
@@ -163,12 +171,21 @@ class Backfill(Phase[Options]):
     def _built_after_copy(self, conn: psycopg.Connection[Any], spec: Spec) -> list[Action]:
         """What is cheaper once the rows are in: the deferred indexes (one sorted build each) and the validation of
         the CHECK constraints expand carried over from legacy."""
-        return [*index_actions(spec, self.name), *check_validate_actions(spec, legacy_checks(conn, spec)[0])]
+        return [
+            *index_actions(spec, self.name),
+            *check_validate_actions(spec, legacy_checks(conn, spec)[0]),
+            analyze_action(spec),
+        ]
 
     def rollback(self, ctx: Context, opts: RollbackOptions) -> None:
         """backfilled -> dual_write: the copied rows stay (the triggers keep them in step); only the state moves."""
         with state.transition(ctx.require_db(), ctx.spec, "rollback", (self.entered,)) as tr:
             tr.finish(self.left, reason=ctx.reason)
+
+
+def analyze_action(spec: Spec) -> Action:
+    """The last step: statistics of the full tables, for the application's reads from switch-reads on."""
+    return Action("refresh the planner's statistics of the full split tables", analyze_sql(spec), statement_timeout=0)
 
 
 def _paused(health: Health | None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
--- ===== phase: backfill (7 steps) =====
+-- ===== phase: backfill (9 steps) =====
 
 -- plan key ranges (once): upper bound, row count, boundaries for parallel workers
 BEGIN;
@@ -112,6 +112,13 @@ UPDATE "migrator_pay"."backfill_ranges"
 RETURNING (SELECT paused FROM "migrator_pay"."state" WHERE migration = $4);
 COMMIT;
 
+-- refresh the planner's statistics of the split tables at 1,000 rows copied and at each 4-fold growth: the application's cached plans of the trigger's statements are made again
+BEGIN;
+SET LOCAL lock_timeout = '500ms';
+SET LOCAL statement_timeout = '60000ms';
+ANALYZE "billing_v2"."payments", "billing_v2"."card_payments", "billing_v2"."bank_transfers", "billing_v2"."payment_attributes";
+COMMIT;
+
 -- build index payments_paid_at_idx CONCURRENTLY
 SET lock_timeout = '500ms';
 SET statement_timeout = '0ms';
@@ -125,3 +132,10 @@ SET statement_timeout = '0ms';
 CREATE INDEX CONCURRENTLY IF NOT EXISTS "payment_attributes_data_idx" ON "billing_v2"."payment_attributes" USING gin ("data");
 RESET lock_timeout;
 RESET statement_timeout;
+
+-- refresh the planner's statistics of the full split tables
+BEGIN;
+SET LOCAL lock_timeout = '500ms';
+SET LOCAL statement_timeout = '0ms';
+ANALYZE "billing_v2"."payments", "billing_v2"."card_payments", "billing_v2"."bank_transfers", "billing_v2"."payment_attributes";
+COMMIT;

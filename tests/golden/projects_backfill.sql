@@ -1,4 +1,4 @@
--- ===== phase: backfill (8 steps) =====
+-- ===== phase: backfill (10 steps) =====
 
 -- plan key ranges (once): upper bound, row count, boundaries for parallel workers
 BEGIN;
@@ -122,6 +122,13 @@ UPDATE "migrator"."backfill_ranges"
 RETURNING (SELECT paused FROM "migrator"."state" WHERE migration = $4);
 COMMIT;
 
+-- refresh the planner's statistics of the split tables at 1,000 rows copied and at each 4-fold growth: the application's cached plans of the trigger's statements are made again
+BEGIN;
+SET LOCAL lock_timeout = '500ms';
+SET LOCAL statement_timeout = '60000ms';
+ANALYZE "public"."projects", "public"."school_projects", "public"."self_study_projects", "public"."project_meta";
+COMMIT;
+
 -- build index projects_project_type_idx CONCURRENTLY
 SET lock_timeout = '500ms';
 SET statement_timeout = '0ms';
@@ -142,3 +149,10 @@ SET statement_timeout = '0ms';
 CREATE INDEX CONCURRENTLY IF NOT EXISTS "project_meta_value_idx" ON "public"."project_meta" USING gin ("value");
 RESET lock_timeout;
 RESET statement_timeout;
+
+-- refresh the planner's statistics of the full split tables
+BEGIN;
+SET LOCAL lock_timeout = '500ms';
+SET LOCAL statement_timeout = '0ms';
+ANALYZE "public"."projects", "public"."school_projects", "public"."self_study_projects", "public"."project_meta";
+COMMIT;

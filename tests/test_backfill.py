@@ -489,7 +489,8 @@ def test_application_sessions_replan_as_the_backfill_fills_the_split_tables(
             forward.ensure_ranges(c, projects_spec, 1)
         forward.run_workers(db, projects_spec, backfill.Options(full_speed=True, batch_size=1000), shared)
         assert 15000 <= count(conn, "projects") < 20000  # stopped mid-copy: before the deferred index builds
-        assert shared.stats is not None and shared.stats.analyzed >= 1
+        assert shared.stats is not None
+        assert shared.stats.analyzed >= 1
 
         some = [r[0] for r in app.execute("SELECT id FROM core_project ORDER BY id DESC LIMIT 30")]
         scans = (
@@ -502,7 +503,8 @@ def test_application_sessions_replan_as_the_backfill_fills_the_split_tables(
             for i in ids + some:
                 app.execute(update, [i])
             after = app.execute(scans).fetchone()
-    assert before is not None and after is not None
+    assert before is not None
+    assert after is not None
     assert after[1] > before[1]
     seq = after[0] - before[0]
     assert seq == 0, f"{seq} split rows scanned sequentially by 40 application writes (was {before[2]}, now {after[2]})"

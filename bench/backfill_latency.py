@@ -1,6 +1,7 @@
 """The application's tail latency while the backfill runs, measured in one run.
 
-A steady pgbench writer (fixed rate, -R) updates, inserts and deletes legacy rows in three phases, each after a
+A steady pgbench writer (fixed rate, -R; one run, its sessions kept throughout, as an application pool keeps its
+connections) updates, inserts and deletes legacy rows in three windows, each after a
 CHECKPOINT: (a) for --baseline-seconds with the forward triggers on and no copy; (b) while `migrator backfill`
 runs; (c) while a plain copy of the same rows runs, the physical reference: keyset chunks of one INSERT … SELECT
 per split table into empty copies of the split tables (no triggers, locks, checks or checkpoint table; the
@@ -20,7 +21,6 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backfill import offline_statements  # noqa: E402
 from common import find_pgbench, scratch_database  # noqa: E402
-from zero_downtime import StepPrinter, latencies, pct, run_load  # noqa: E402
+from zero_downtime import SETTLE_SECONDS, Load, StepPrinter, public  # noqa: E402
 
 from migrator.copy.forward import BACKEND_FLUSH_AFTER  # noqa: E402
 from migrator.db import Database  # noqa: E402
@@ -126,15 +126,6 @@ class ChunkCounter:
             self.rows += int(fields["rows"])
 
 
-def phase_summary(res: dict[str, Any], lat: list[float]) -> dict[str, Any]:
-    return {
-        "transactions": res["processed"],
-        "failed": res["failed"] + len(res["aborted"]),
-        "p50_ms": round(pct(lat, 50), 2),
-        "p99_ms": round(pct(lat, 99), 2),
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsn", default="postgresql://root@127.0.0.1/test")
@@ -190,8 +181,6 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
     pgbench = find_pgbench()
     spec = load_spec()
     cap = args.max_rows_per_second or None
-    took: dict[str, float] = {}
-    summaries: dict[str, dict[str, Any]] = {}
     with scratch_database(args.dsn, "bench_bfl") as dsn, tempfile.TemporaryDirectory() as tmp:
         logdir = Path(tmp)
         script = logdir / "writer.sql"
@@ -202,55 +191,41 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
         db = Database(dsn)
         Expand().apply(Context(spec, db))
 
-        def load(tag: str, done: Callable[[], bool]) -> None:
-            res = run_load(
-                pgbench, dsn, script, logdir, tag, done, rate=args.rate, clients=args.clients, maxid=maxid, segment=3
-            )
-            summaries[tag] = phase_summary(res, latencies(logdir, f"{tag}_"))
-
-        def during(tag: str, job: Callable[[], object]) -> None:
-            finished = threading.Event()
-
-            def run() -> None:
-                time.sleep(1.0)
-                t0 = time.monotonic()
-                try:
-                    job()
-                finally:
-                    took[tag] = time.monotonic() - t0
-                    finished.set()
-
-            worker = threading.Thread(target=run)
-            worker.start()
-            load(tag, finished.is_set)
-            worker.join()
-
         with psycopg.connect(dsn, autocommit=True) as conn:
             # A settled table: without this, autovacuum's first pass over the freshly seeded rows lands in one
-            # of the phases (a baseline p99 of 110 ms once, 7x the next run's).
+            # of the windows (a baseline p99 of 110 ms once, 7x the next run's).
             conn.execute("VACUUM (ANALYZE)")
-            conn.execute("CHECKPOINT")
-        t_end = time.monotonic() + args.baseline_seconds
-        load("a", lambda: time.monotonic() >= t_end)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("CHECKPOINT")
         opts = backfill.Options(
             max_rows_per_second=cap,
             full_speed=args.full_speed,
             **({"chunk_time": args.chunk_time} if args.chunk_time else {}),
         )
         reporter = StepPrinter() if args.steps else ChunkCounter()
-        during("b", lambda: Backfill(opts).apply(Context(spec, db, reporter=reporter)))
-        if not args.no_reference:
-            # The reference runs flat out, in chunks of what the default chunk time (0.1 s) copies at full speed
-            # on this kind of box: the backfill's speed as a fraction of it is what pacing costs.
-            during("c", lambda: reference_copy(dsn, spec, REFERENCE_CHUNK_ROWS, cap))
+        spans: dict[str, tuple[float, float]] = {}
+
+        def window(tag: str, job: Callable[[], object]) -> None:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CHECKPOINT")  # each window starts from a checkpoint (its first writes log whole pages)
+            time.sleep(SETTLE_SECONDS)
+            spans[tag] = load.window(job)
+
+        with Load(pgbench, dsn, script, logdir, rate=args.rate, clients=args.clients, maxid=maxid) as load:
+            window("a", lambda: time.sleep(args.baseline_seconds))
+            window("b", lambda: Backfill(opts).apply(Context(spec, db, reporter=reporter)))
+            if not args.no_reference:
+                # The reference runs flat out, in chunks of what the default chunk time (0.1 s) copies at full
+                # speed on this kind of box: the backfill's speed as a fraction of it is what pacing costs.
+                window("c", lambda: reference_copy(dsn, spec, REFERENCE_CHUNK_ROWS, cap))
+        summaries = {tag: public(load.between(span)) for tag, span in spans.items()}
+        took = {tag: span[1] - span[0] for tag, span in spans.items()}
+        aborted = load.aborted()
         db.dispose()
     result: dict[str, Any] = {"backfill_seconds": round(took["b"], 2)}
     result["without_backfill"] = summaries["a"]
     result["during_backfill"] = summaries["b"]
     base_p99 = max(summaries["a"]["p99_ms"], 1e-9)
     result["p99_ratio"] = round(summaries["b"]["p99_ms"] / base_p99, 2)
+    result["aborted_clients"] = aborted
     if "c" in summaries:
         result["reference_seconds"] = round(took["c"], 2)
         result["speed_fraction"] = round(took["c"] / took["b"], 3)

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,8 @@ from typing import Any
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
+WARMUP_SECONDS = 3.0
+SETTLE_SECONDS = 1.0  # after each CHECKPOINT, before a window starts
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -108,60 +111,74 @@ SELECT name, course_name, goal_description FROM core_project WHERE id = :id;
 """
 
 
-def pgbench_segment(
-    pgbench: str, dsn: str, script: Path, logdir: Path, tag: str, *, rate: float, clients: int, seconds: int, maxid: int
-) -> dict[str, Any]:
-    """One pgbench run of `seconds`; returns counts and any aborted-client errors."""
-    prefix = logdir / tag
-    cmd = [
-        pgbench,
-        "-n",
-        "-f",
-        str(script),
-        "-c",
-        str(clients),
-        "-j",
-        str(clients),
-        "-T",
-        str(seconds),
-        "-R",
-        str(rate),
-        "-D",
-        f"maxid={maxid}",
-        "-l",
-        "--log-prefix",
-        str(prefix),
-        dsn,
-    ]
-    env = {**os.environ, "PGAPPNAME": "pgbench"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    out = proc.stdout + proc.stderr
-    processed = re.search(r"number of transactions actually processed: (\d+)", out)
-    failed = re.search(r"number of failed transactions: (\d+)", out)
-    aborted = re.findall(r"client \d+ aborted.*", out)
-    return {
-        "processed": int(processed.group(1)) if processed else 0,
-        "failed": int(failed.group(1)) if failed else 0,
-        "aborted": aborted,
-        "rc": proc.returncode,
-    }
+class Load:
+    """One pgbench run for the whole measurement, at a fixed rate (-R): its sessions live throughout, as an
+    application's pooled connections do. (A pgbench restarted every few seconds gets fresh sessions with fresh
+    plans and forgets its schedule lag: it hid an application session that kept a plan made for an empty table
+    and fell 16 s behind.) Each measured window is a span of wall time; a transaction belongs to the window its
+    end falls in. SIGALRM ends pgbench as its own -T does: logs flushed, summary printed."""
+
+    def __init__(self, pgbench: str, dsn: str, script: Path, logdir: Path, *, rate: float, clients: int, maxid: int):
+        self.prefix = logdir / "load"
+        self.cmd = [pgbench, "-n", "-f", str(script), "-c", str(clients), "-j", str(clients), "-T", "86400"]
+        self.cmd += ["-R", str(rate), "-D", f"maxid={maxid}", "-l", "--log-prefix", str(self.prefix), dsn]
+        self.proc: subprocess.Popen[str] | None = None
+        self.output = ""
+
+    def __enter__(self) -> Load:
+        env = {**os.environ, "PGAPPNAME": "pgbench"}
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        time.sleep(WARMUP_SECONDS)  # connected, and past each session's first (cold-cache) transactions
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGALRM)
+        try:
+            self.output, _ = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.output, _ = self.proc.communicate()
+
+    @staticmethod
+    def window(job: Callable[[], object]) -> tuple[float, float]:
+        """Run job; the wall-time span it took."""
+        start = time.time()
+        job()
+        return start, time.time()
+
+    def transactions(self) -> list[tuple[float, float | None]]:
+        """(end time, latency ms or None if it failed) per transaction, from pgbench's -l logs. With -R the latency
+        counts from the scheduled start, so a stall also shows in the transactions queued behind it."""
+        out: list[tuple[float, float | None]] = []
+        for f in self.prefix.parent.glob(f"{self.prefix.name}*"):
+            for line in f.read_text().splitlines():
+                parts = line.split()
+                if len(parts) >= 6:
+                    end = int(parts[4]) + int(parts[5]) / 1e6
+                    out.append((end, int(parts[2]) / 1000.0 if parts[2].isdigit() else None))
+        return out
+
+    def aborted(self) -> list[str]:
+        return re.findall(r"client \d+ aborted.*", self.output)
+
+    def between(self, span: tuple[float, float]) -> dict[str, Any]:
+        """The window's transactions: count, failed, p50/p99/max latency, and the raw (end, latency) pairs."""
+        txs = [(t, lat) for t, lat in self.transactions() if span[0] <= t < span[1]]
+        lat = [x for _, x in txs if x is not None]
+        return {
+            "transactions": len(txs),
+            "failed": len(txs) - len(lat),
+            "p50_ms": round(pct(lat, 50), 2),
+            "p99_ms": round(pct(lat, 99), 2),
+            "max_ms": round(max(lat, default=0.0), 2),
+            "_tx": [(t, x) for t, x in txs if x is not None],
+        }
 
 
-def transactions(logdir: Path, tag: str) -> list[tuple[float, float]]:
-    """(end time as epoch seconds, latency ms) per transaction from pgbench's -l logs. With -R the latency
-    counts from the scheduled start, so a stall also shows in the transactions queued behind it."""
-    out: list[tuple[float, float]] = []
-    for f in logdir.glob(f"{tag}*"):
-        for line in f.read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 6 and parts[2].isdigit():
-                out.append((int(parts[4]) + int(parts[5]) / 1e6, int(parts[2]) / 1000.0))
-    return out
-
-
-def latencies(logdir: Path, tag: str) -> list[float]:
-    """Per-transaction latencies (ms) from pgbench's -l logs."""
-    return [lat for _, lat in transactions(logdir, tag)]
+def public(summary: dict[str, Any]) -> dict[str, Any]:
+    """A window's summary without its raw transactions."""
+    return {k: v for k, v in summary.items() if not k.startswith("_")}
 
 
 def slow_by_step(txs: list[tuple[float, float]], steps: list[dict[str, Any]], over_ms: float) -> dict[str, Any]:
@@ -211,34 +228,6 @@ class LockWaitSampler:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(5)
-
-
-def run_load(
-    pgbench: str,
-    dsn: str,
-    script: Path,
-    logdir: Path,
-    tag: str,
-    done: Callable[[], bool],
-    *,
-    rate: float,
-    clients: int,
-    maxid: int,
-    segment: int = 5,
-) -> dict[str, Any]:
-    """Run pgbench in back-to-back segments until done() (each segment prints its own failure counts)."""
-    totals: dict[str, Any] = {"processed": 0, "failed": 0, "aborted": []}
-    n = 0
-    while True:
-        res = pgbench_segment(
-            pgbench, dsn, script, logdir, f"{tag}_{n}", rate=rate, clients=clients, seconds=segment, maxid=maxid
-        )
-        totals["processed"] += res["processed"]
-        totals["failed"] += res["failed"]
-        totals["aborted"] += res["aborted"]
-        n += 1
-        if done():
-            return totals
 
 
 class StepPrinter(NullReporter):
@@ -350,49 +339,26 @@ def main() -> None:
             conn.execute("VACUUM (ANALYZE)")
             conn.execute("CHECKPOINT")
 
-        # (a) baseline
-        t_end = time.monotonic() + args.baseline_seconds
-        with LockWaitSampler(dsn) as sampler_a:
-            base = run_load(
-                pgbench,
-                dsn,
-                script,
-                logdir,
-                "a",
-                lambda: time.monotonic() >= t_end,
-                rate=args.rate,
-                clients=args.clients,
-                maxid=maxid,
-            )
-        lat_a = latencies(logdir, "a_")
-
-        # (b) the whole lifecycle under the same load
+        # (a) baseline, then (b) the whole lifecycle, under one load
         steps: list[dict[str, Any]] = []
         errors: list[BaseException] = []
-        finished = threading.Event()
 
         def migrate() -> None:
             try:
                 run_lifecycle(spec, db, steps, args)
             except BaseException as exc:
                 errors.append(exc)
-            finally:
-                finished.set()
 
-        t0 = time.monotonic()
-        worker = threading.Thread(target=migrate)
-        with LockWaitSampler(dsn) as sampler_b:
-            worker.start()
-            mig = run_load(
-                pgbench, dsn, script, logdir, "b", finished.is_set, rate=args.rate, clients=args.clients, maxid=maxid
-            )
-        worker.join()
-        duration_b = time.monotonic() - t0
+        with Load(pgbench, dsn, script, logdir, rate=args.rate, clients=args.clients, maxid=maxid) as load:
+            with LockWaitSampler(dsn) as sampler_a:
+                span_a = load.window(lambda: time.sleep(args.baseline_seconds))
+            with LockWaitSampler(dsn) as sampler_b:
+                span_b = load.window(migrate)
+        duration_b = span_b[1] - span_b[0]
         if errors:
             # The lifecycle itself failed: say how, rather than a ledger check against tables that may not exist.
             raise SystemExit(f"the lifecycle failed after {len(steps)} steps: {errors[0]!r}")
-        txs_b = transactions(logdir, "b_")
-        lat_b = [lat for _, lat in txs_b]
+        base, mig = load.between(span_a), load.between(span_b)
         with psycopg.connect(dsn) as conn:
             lost, differ, zombies, ids = conn.execute(LEDGER_CHECK).fetchone()  # type: ignore[misc]
             final_state = state.read(conn, spec).state
@@ -404,34 +370,22 @@ def main() -> None:
         "mode": "tuned" if args.tuned else "full_speed" if args.full_speed else "default",
         "rate": args.rate,
         "clients": args.clients,
-        "baseline": {
-            "transactions": base["processed"],
-            "failed": base["failed"],
-            "aborted": len(base["aborted"]),
-            "p50_ms": round(pct(lat_a, 50), 2),
-            "p99_ms": round(pct(lat_a, 99), 2),
-            "max_ms": round(max(lat_a, default=0), 2),
-            "longest_lock_wait_ms": round(sampler_a.longest * 1000, 1),
-        },
+        "baseline": {**public(base), "longest_lock_wait_ms": round(sampler_a.longest * 1000, 1)},
         "migration": {
-            "transactions": mig["processed"],
-            "failed": mig["failed"],
-            "aborted": len(mig["aborted"]),
-            "p50_ms": round(pct(lat_b, 50), 2),
-            "p99_ms": round(pct(lat_b, 99), 2),
-            "max_ms": round(max(lat_b, default=0), 2),
+            **public(mig),
             "seconds": round(duration_b, 1),
             "longest_lock_wait_ms": round(sampler_b.longest * 1000, 1),
             "steps": [{k: v for k, v in st.items() if k in ("step", "seconds")} for st in steps],
             # The tail, step by step: transactions over 1.5x the baseline's p99.
-            "slow_by_step": slow_by_step(txs_b, steps, 1.5 * pct(lat_a, 99)) if steps else {},
+            "slow_by_step": slow_by_step(mig["_tx"], steps, 1.5 * base["p99_ms"]) if steps else {},
             "final_state": final_state,
             "error": str(errors[0]) if errors else None,
+            "aborted": len(load.aborted()),
         },
-        "p99_ratio": round(pct(lat_b, 99) / max(pct(lat_a, 99), 1e-9), 2),
+        "p99_ratio": round(mig["p99_ms"] / max(base["p99_ms"], 1e-9), 2),
         "ledger": {"ids_written": ids, "lost": lost, "differ": differ, "zombies": zombies},
         "lock_timeout_ms": LOCK_TIMEOUT_S * 1000,
-        "aborted_examples": (base["aborted"] + mig["aborted"])[:3],
+        "aborted_examples": load.aborted()[:3],
     }
     if args.json:
         print(json.dumps(result))
@@ -440,7 +394,7 @@ def main() -> None:
         mode = "hand-set caps (--tuned)" if args.tuned else "full speed" if args.full_speed else "default settings"
         print(f"rows {args.rows:,}, pgbench -R {args.rate:g} -c {args.clients}, long jobs at {mode}")
         print(
-            f"(a) baseline : {a['transactions']} tx, failed {a['failed']}, aborted clients {a['aborted']}, "
+            f"(a) baseline : {a['transactions']} tx, failed {a['failed']}, "
             f"p50 {a['p50_ms']} ms, p99 {a['p99_ms']} ms, max {a['max_ms']} ms"
         )
         print(

@@ -49,6 +49,7 @@ def test_pacer_cuts_the_duty_when_the_application_is_slower_while_the_job_works(
     _feed(pacer, 2.2, working_ms=1.0, resting_ms=1.05, t0=t)
     assert pacer.duty > cut
     assert "unaffected" in pacer.reason
+    assert pacer.chunk_scale == pace.ACTIVE_CHUNK_SCALE  # the application still runs: chunks stay short
 
 
 @pytest.mark.db
@@ -57,6 +58,7 @@ def test_pacer_runs_flat_out_when_no_other_session_is_active(db: Database) -> No
     stop = threading.Event()
     with Pacer(lambda: db.raw_connect(autocommit=True)) as pacer:
         assert pacer.duty == pace.INITIAL_DUTY
+        assert pacer.chunk_scale == pace.ACTIVE_CHUNK_SCALE  # short chunks until the server is seen idle
 
         def chunks() -> None:
             while not stop.is_set():
@@ -72,13 +74,14 @@ def test_pacer_runs_flat_out_when_no_other_session_is_active(db: Database) -> No
             stop.set()
             worker.join(5)
     assert "no other sessions at work" in pacer.describe()
+    assert pacer.chunk_scale == 1.0
 
 
 @pytest.mark.db
 def test_pacer_shortens_chunks_when_an_application_session_waits_on_the_jobs_lock(
     db: Database, database_url: str
 ) -> None:
-    """An app UPDATE blocked behind a row lock held by a migrator session halves the chunk time and the duty."""
+    """An app UPDATE blocked behind a row lock held by a migrator session cuts the duty; chunks stay short."""
     with db.connect(autocommit=True) as setup:
         setup.execute("CREATE TABLE public.pace_t (id int PRIMARY KEY, v int)")
         setup.execute("INSERT INTO public.pace_t VALUES (1, 0)")
@@ -90,8 +93,8 @@ def test_pacer_shortens_chunks_when_an_application_session_waits_on_the_jobs_loc
         blocked.start()
         with Pacer(lambda: db.raw_connect(autocommit=True)) as pacer:
             with pacer.working():
-                assert wait_until(lambda: pacer.chunk_scale < 1.0, timeout=5.0) is not None, pacer.describe()
-            assert pacer.duty < pace.INITIAL_DUTY
+                assert wait_until(lambda: pacer.duty < pace.INITIAL_DUTY, timeout=5.0) is not None, pacer.describe()
+            assert pacer.chunk_scale == pace.ACTIVE_CHUNK_SCALE
             assert "waited on the job's locks" in pacer.reason
         job.rollback()
         blocked.join(5)

@@ -95,7 +95,7 @@ class Pacer:
         self.duty = INITIAL_DUTY if connect is not None else 1.0
         # A chunk holds its rows' locks until it commits, so an application write to one of them waits up to a
         # chunk's time: while the application runs, chunks are short.
-        self.chunk_scale = 1.0
+        self.chunk_scale = ACTIVE_CHUNK_SCALE if connect is not None else 1.0
         self.reason = "starting" if connect is not None else "full speed (--full-speed)"
         self._busy = 0
         self._lock = threading.Lock()
@@ -190,9 +190,10 @@ class Pacer:
     def _decide(self, w: Window) -> bool:
         """Adjust the pace from a window; False when the window needs more statements first."""
         work, rest = w.tail(w.working), w.tail(w.resting)
+        # Short chunks unless nothing else runs (set back to full size in that branch only).
+        self.chunk_scale = ACTIVE_CHUNK_SCALE
         if w.blocked:
             self.duty = max(MIN_DUTY, self.duty * DECREASE)
-            self.chunk_scale = ACTIVE_CHUNK_SCALE
             self.reason = f"application sessions waited on the job's locks ({w.blocked} samples)"
         elif len(w.working) + len(w.resting) < MIN_STATEMENTS and not w.active:
             # Hardly anything runs besides us (a few statements a second at most): nobody to slow down.
@@ -200,7 +201,6 @@ class Pacer:
             self.reason = "no other sessions at work in the database"
         elif len(w.working) < MIN_STATEMENTS or len(w.resting) < MIN_STATEMENTS:
             # Not enough of one side to compare (at full duty there is no resting at all): ask for a short rest.
-            self.chunk_scale = ACTIVE_CHUNK_SCALE
             self._probe_due = len(w.resting) < MIN_STATEMENTS
             return False
         elif work > rest * SLOWER:

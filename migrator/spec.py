@@ -203,6 +203,13 @@ class Reference(_Model):
     schema_: str = Field("public", alias="schema")
 
 
+class HookSettings(_Model):
+    """`[hooks]`: the event hooks every command of this spec runs (`--hook-dir` and `--hook-timeout` win)."""
+
+    dir: str = Field(min_length=1)  # relative to the spec file's directory
+    timeout: float = Field(default=30.0, gt=0, le=3600)
+
+
 class Spec(_Model):
     """A whole split: source, base, variants, meta, indexes and references."""
 
@@ -214,6 +221,7 @@ class Spec(_Model):
     meta: Meta | None = None
     indexes: list[Index] = []
     references: list[Reference] = []
+    hooks: HookSettings | None = None
 
     # -- derived views used by the SQL renderers ------------------------------------------------------------
 

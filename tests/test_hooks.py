@@ -234,3 +234,24 @@ def test_the_readme_lists_every_event_and_gate() -> None:
     section = readme.split("## Observability", 1)[1].split("\n## ", 1)[0]
     for name in (*hooks.EVENTS, *hooks.GATES):
         assert f"`{name}`" in section, name
+
+
+def test_hooks_configured_in_the_spec_file_run(
+    seeded: Database, database_url: str, run_cli: Any, tmp_path: Path
+) -> None:
+    """A spec file's [hooks] table (dir relative to the file, timeout) runs the hooks without --hook-dir; a missing
+    directory is a clear error before anything runs."""
+    (tmp_path / "on-call").mkdir()
+    log = tmp_path / "events.log"
+    _hook(tmp_path / "on-call", "any", RECORDER.format(log=log))
+    text = (Path(__file__).parent.parent / "migrator" / "specs" / "projects.toml").read_text()
+    spec_file = tmp_path / "split.toml"
+    spec_file.write_text(text + '\n[hooks]\ndir = "on-call"\ntimeout = 5\n')
+    r = run_cli("--dsn", database_url, "--spec", str(spec_file), "expand")
+    assert r.exit_code == 0, r.stderr
+    assert ("phase-success", "dual_write", "expand") in [e[:3] for e in _events(log)]
+
+    spec_file.write_text(text + '\n[hooks]\ndir = "nowhere"\n')
+    r = run_cli("--dsn", database_url, "--spec", str(spec_file), "status")
+    assert r.exit_code != 0
+    assert "[hooks] dir of the spec" in r.stderr

@@ -243,7 +243,8 @@ class _Group(click.Group):
     "--hook-dir",
     envvar="MIGRATOR_HOOK_DIR",
     type=click.Path(exists=True, file_okay=False),
-    help="Run the executables in DIR named after an event (or `any`) on that event (default: $MIGRATOR_HOOK_DIR).",
+    help="Run the executables in DIR named after an event (or `any`) on that event (default: $MIGRATOR_HOOK_DIR, "
+    "else the spec file's [hooks] dir).",
 )
 @defaulted("--hook-timeout", finite(0, 3600, min_open=True), 30.0, "Seconds a hook may run before it is given up.")
 @click.version_option(package_name="migrator")
@@ -275,12 +276,19 @@ def cli(
     if dsn:
         check_dsn(dsn)
     ctx.obj = App(dsn or None, spec_path, as_json, yes, verbose, lock_timeout)
-    if hook_dir:
-        from pathlib import Path
+    from pathlib import Path
 
-        from migrator.hooks import Hooks
+    from migrator import hooks as hook_events
 
-        hooks = Hooks(Path(hook_dir), hook_timeout, warn=console.warn)
+    directory = Path(hook_dir) if hook_dir else None
+    if directory is None and (configured := hook_events.from_spec_file(spec_path)) is not None:
+        directory = configured[0]
+        if ctx.get_parameter_source("hook_timeout") is click.core.ParameterSource.DEFAULT:
+            hook_timeout = configured[1]
+        if not directory.is_dir():
+            raise click.BadParameter(f"{directory} is not a directory", param_hint="[hooks] dir of the spec")
+    if directory is not None:
+        hooks = hook_events.Hooks(directory, hook_timeout, warn=console.warn)
         _outcome.observer.observers.append(hooks)
         _outcome.closers.append(hooks.close)
 

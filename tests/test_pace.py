@@ -58,7 +58,6 @@ def test_pacer_runs_flat_out_when_no_other_session_is_active(db: Database) -> No
     stop = threading.Event()
     with Pacer(lambda: db.raw_connect(autocommit=True)) as pacer:
         assert pacer.duty == pace.INITIAL_DUTY
-        assert pacer.chunk_scale == pace.ACTIVE_CHUNK_SCALE  # short chunks until the first look at the server
 
         def chunks() -> None:
             while not stop.is_set():

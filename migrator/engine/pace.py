@@ -45,7 +45,7 @@ DECREASE = 0.6
 # while the job works than while it rests: the p99 goal is 1.5x the baseline.
 TAIL = 0.9
 SLOWER = 1.5
-ACTIVE_CHUNK_SCALE = 0.1  # before the first decision, and while the application waits on our locks: 10 ms chunks
+ACTIVE_CHUNK_SCALE = 0.1  # while the application waits on the job's locks: 10 ms chunks
 PROBE_REST = 0.1  # seconds: at full duty a worker rests this long once a window, so resting samples exist
 
 # One row per client backend of this database that is not migrator's (nor this sampler): whether it is running a
@@ -97,7 +97,7 @@ class Pacer:
         self.duty = INITIAL_DUTY if connect is not None else 1.0
         # A chunk holds its rows' locks until it commits, so an application write to one of them waits up to a
         # chunk's time: while the application runs, chunks are short.
-        self.chunk_scale = ACTIVE_CHUNK_SCALE if connect is not None else 1.0
+        self.chunk_scale = 1.0
         self.reason = "starting" if connect is not None else "full speed (--full-speed)"
         self._busy = 0
         self._lock = threading.Lock()

@@ -191,20 +191,3 @@ class Hooks:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
-
-
-def from_spec_file(spec_path: str | None) -> tuple[Path, float] | None:
-    """The `[hooks]` table of a spec file: (directory, timeout), the directory taken relative to the file. None when
-    there is no such file or table; a spec that does not load is the command's to report, not this lookup's."""
-    from migrator.errors import SpecError
-    from migrator.spec import load_spec
-
-    if not spec_path or not Path(spec_path).is_file():
-        return None
-    try:
-        settings = load_spec(spec_path).hooks
-    except SpecError:
-        return None
-    if settings is None:
-        return None
-    return Path(spec_path).resolve().parent / settings.dir, settings.timeout

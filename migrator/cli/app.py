@@ -26,7 +26,7 @@ from sqlalchemy import exc as sa_exc
 from migrator import console, lifecycle, results
 from migrator.db import DEFAULT_LOCK_TIMEOUT, Database, dsn_password, mask_dsn
 from migrator.engine.context import Context, Observed, Observers, Reporter
-from migrator.errors import BadInputError, MigratorError
+from migrator.errors import BadInputError, MigratorError, SpecError
 from migrator.spec import Spec, load_spec
 from migrator.state import State
 
@@ -278,17 +278,23 @@ def cli(
     ctx.obj = App(dsn or None, spec_path, as_json, yes, verbose, lock_timeout)
     from pathlib import Path
 
-    from migrator import hooks as hook_events
+    from migrator.hooks import Hooks
 
     directory = Path(hook_dir) if hook_dir else None
-    if directory is None and (configured := hook_events.from_spec_file(spec_path)) is not None:
-        directory = configured[0]
-        if ctx.get_parameter_source("hook_timeout") is click.core.ParameterSource.DEFAULT:
-            hook_timeout = configured[1]
-        if not directory.is_dir():
-            raise click.BadParameter(f"{directory} is not a directory", param_hint="[hooks] dir of the spec")
+    if directory is None and spec_path and Path(spec_path).is_file():
+        try:
+            configured = ctx.obj.spec.hooks  # loaded once: the command reuses it
+        except SpecError:
+            configured = None  # the command that needs the spec reports it
+        if configured is not None:
+            # The spec file's [hooks] table; its dir is relative to the file.
+            directory = Path(spec_path).resolve().parent / configured.dir
+            if ctx.get_parameter_source("hook_timeout") is click.core.ParameterSource.DEFAULT:
+                hook_timeout = configured.timeout
+            if not directory.is_dir():
+                raise click.BadParameter(f"{directory} is not a directory", param_hint="[hooks] dir of the spec")
     if directory is not None:
-        hooks = hook_events.Hooks(directory, hook_timeout, warn=console.warn)
+        hooks = Hooks(directory, hook_timeout, warn=console.warn)
         _outcome.observer.observers.append(hooks)
         _outcome.closers.append(hooks.close)
 

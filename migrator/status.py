@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from migrator import lifecycle, state
+from migrator import jobs, lifecycle, state
 from migrator.db import Database
 from migrator.engine.session import set_local
 from migrator.spec import Spec
@@ -46,6 +46,10 @@ class Status:
     progress: dict[str, Any] | None = None
     # Where `rollback` cannot go back from here, why ("no rollback from finalized: the archive is gone").
     no_rollback: str | None = None
+    # The long jobs running now (migrator.jobs): what each does, how far, its pace, the signal holding it back.
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    # One line per job, as the text output shows them.
+    job_lines: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +100,9 @@ def collect(db: Database, spec: Spec) -> Status:
             result.progress, result.interrupted = progress, state.describe_progress(progress)
             # What finishes it comes next (in contracted, where no forward command is left: the rollback).
             result.next_command = str(progress.get("command") or result.next_command)
+        running = jobs.read(conn, spec)
+        result.jobs = [{**asdict(j), "stale": j.stale} for j in running]
+        result.job_lines = [f"{j.job}: {j.describe()}" for j in running]
         stage = lifecycle.stage(st.state)
         if not stage.reversible:
             result.no_rollback = lifecycle.NO_ROLLBACK.format(state=st.state)

@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, int]] = [
     ("migrator.runbooks", 3),
     ("migrator.flags", 3),
     ("migrator.status", 3),
+    ("migrator.jobs", 3),
     ("migrator.snapshots", 3),
     ("migrator.doctor", 3),
     ("migrator.preflight", 3),

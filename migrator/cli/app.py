@@ -328,7 +328,7 @@ def read_state(app: App) -> State:
 def begin(app: App, *, check_spec: bool = False) -> State:
     """Read the state the command starts from (the result's from_state); with `check_spec`, first check the spec
     against the server (types resolve, legacy columns exist: exit 2 naming the key, before any DDL)."""
-    from migrator import spec_check, state
+    from migrator import jobs, spec_check, state
 
     with app.db.connect(autocommit=True) as conn:
         if check_spec:
@@ -338,6 +338,10 @@ def begin(app: App, *, check_spec: bool = False) -> State:
     _outcome.reread = lambda: read_state(app)
     # Each pause of a long job on a health signal, and its end, goes to the audit log.
     app.observer.observers.append(state.HealthAudit(app.db, app.spec, current.state, _outcome.command or "migrator"))
+    # What a long job is doing now, for `migrator status` from anywhere (its row goes when the command ends).
+    record = jobs.JobRecord(app.db, app.spec, _outcome.command or "migrator")
+    app.observer.observers.append(record)
+    _outcome.closers.append(record.close)
     _observe_state(app, current)
     if _outcome.command in PHASE_COMMANDS:
         app.observer.event("phase-start", from_state=current.state)

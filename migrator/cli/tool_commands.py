@@ -122,6 +122,8 @@ def status(app: App) -> None:
         console.out.print(f"[bold yellow]interrupted:[/] {st.interrupted}")
     if st.no_rollback:
         console.out.print(f"[bold red]{st.no_rollback}[/]")
+    for line in st.job_lines:
+        console.out.print(f"running: {line}", markup=False, highlight=False)
     if problem:
         console.warn(problem)
     if st.read_percent or st.paused:

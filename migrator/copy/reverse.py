@@ -316,7 +316,9 @@ class _ReverseCopy:
             self.pacer.rest(time.monotonic() - c0)
             self.limiter.done(n)
             chunk_ms = round((time.monotonic() - c0) * 1000, 1)
-            self.reporter.progress(progress(), None, phase=f"reverse backfill: {name}", chunk_ms=chunk_ms)
+            self.reporter.progress(
+                progress(), None, phase=f"reverse backfill: {name}", chunk_ms=chunk_ms, pace=self.pacer.describe()
+            )
             if n < size:
                 return
             cursor = hi

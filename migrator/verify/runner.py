@@ -320,6 +320,7 @@ class Validation:
                     mismatched_chunks=len(mismatched),
                     seconds=round(time.monotonic() - t0, 3),
                     chunk_ms=round((time.monotonic() - c0) * 1000, 1),
+                    pace=self.pacer.describe(),
                 )
             self.pacer.rest(time.monotonic() - c0, self._stop)
             self.limiter.done(rows + len(chunk.quarantined))

@@ -99,6 +99,24 @@ CREATE TABLE IF NOT EXISTS "migrator_pay".backfill_ranges (
     started_at  timestamptz,
     finished_at timestamptz,
     PRIMARY KEY (migration, range_no)
+);
+
+-- What each long job of a migration is doing now (migrator.jobs), for `migrator status` on any machine: written
+-- every few seconds while the job runs, deleted when its command ends; a row whose job was killed outright stays,
+-- and status shows how long ago it was last heard from.
+CREATE TABLE IF NOT EXISTS "migrator_pay".jobs (
+    migration   text NOT NULL,
+    job         text NOT NULL,
+    client      text NOT NULL,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    phase       text,
+    done        bigint,
+    total       bigint,
+    rows_per_second double precision,
+    pace        text,
+    held_by     text,
+    PRIMARY KEY (migration, job)
 );;
 COMMIT;
 

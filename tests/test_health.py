@@ -1,6 +1,6 @@
 """Health-driven pacing (issue 20): a real backfill, validate and reverse backfill pause while a health signal is
-red — a held old transaction, a replication slot retaining WAL, a signal that cannot be read — and resume when it
-clears; the limits are options of every long job."""
+red — a held old transaction, a replication slot retaining WAL, a vacuum, a failing WAL archiver, a signal that
+cannot be read — and resume when it clears; the limits are options of every long job."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -30,6 +30,7 @@ from migrator.phases.switch_writes import SwitchWrites
 from migrator.phases.validate import Validate
 from migrator.seed import seed
 from migrator.spec import Spec
+from tests.cluster import cluster
 from tests.helpers import wait_until
 
 
@@ -327,3 +328,37 @@ def _ignore_cancel(conn: psycopg.Connection[Any], statement: str) -> None:
     """Run `statement`; a cancel (the test ending it) is the expected way out."""
     with contextlib.suppress(psycopg.errors.QueryCanceled):
         conn.execute(statement)
+
+
+@pytest.fixture
+def failing_archiver() -> Iterator[str]:
+    """A cluster of its own with archive_mode on and an archive_command that fails (the test server cannot turn
+    archive_mode on without a restart)."""
+    yield from cluster(["archive_mode = on", "archive_command = 'exit 1'", "wal_level = replica"])
+
+
+@pytest.mark.db
+def test_a_failing_wal_archiver_pauses_the_backfill(failing_archiver: str, projects_spec: Spec) -> None:
+    """While the WAL archiver fails (its last failure newer than its last success) the copy waits; once the
+    archive_command works again and the archiver catches up, the copy runs to the end."""
+    db = Database(failing_archiver)
+    try:
+        with db.connect() as c:
+            seed(c, 3000, dirty_ratio=0.0, random_seed=4)
+        Expand().apply(Context(projects_spec, db))
+        with db.connect(autocommit=True) as c:
+            c.execute("SELECT pg_catalog.pg_switch_wal()")
+            failing = "SELECT failed_count > 0 FROM pg_catalog.pg_stat_archiver"
+            assert wait_until(lambda: bool(c.execute(failing).fetchone()[0]), 30) is not None  # type: ignore[index]
+
+        def repair() -> None:
+            with db.connect(autocommit=True) as c:
+                c.execute("ALTER SYSTEM SET archive_command = 'true'")
+                c.execute("SELECT pg_catalog.pg_reload_conf()")
+                c.execute("SELECT pg_catalog.pg_switch_wal()")
+
+        thread, reporter, errors = _start(db, projects_spec, Limits())
+        _paused_then_done(thread, reporter, errors, repair)
+        assert any("the WAL archiver is failing" in s for s in reporter.steps), reporter.steps
+    finally:
+        db.dispose()

@@ -53,6 +53,10 @@ from migrator.sqlgen.compose import as_text, ident  # noqa: E402
 
 REF_SCHEMA = "bench_ref"
 VARIANTS = ("backfill", "no-legacy-lock", "no-fk-lock", "no-locks", "elsewhere")
+# Variants of how the backfill's chunk statement runs (not what it does): --variants picks any of both lists.
+# sync-commit: the chunk's commit flushes its own WAL; small-chunks: a tenth of --chunk-rows at the same rate;
+# no-flush-after: without the backfill's backend_flush_after.
+RUN_VARIANTS = ("sync-commit", "small-chunks", "no-flush-after")
 LEGACY_LOCK = "\n       FOR KEY SHARE\n)"
 FK_LOCK = "\n       FOR KEY SHARE OF r"
 
@@ -60,6 +64,8 @@ FK_LOCK = "\n       FOR KEY SHARE OF r"
 def variant_sql(spec: Spec, variant: str, careful: bool = False) -> list[str]:
     """The statements of one chunk of `variant`, with %(lo)s / %(hi)s / %(limit)s parameters (`careful`: the
     backfill's ON CONFLICT form, which it runs after a trigger wrote one of the chunk's rows first)."""
+    if variant in RUN_VARIANTS:
+        variant = "backfill"
     if variant == "elsewhere":
         ref = spec.model_copy(update={"base": spec.base.model_copy(update={"schema_": REF_SCHEMA})})
         pk = ident(spec.pk)
@@ -78,9 +84,10 @@ def variant_sql(spec: Spec, variant: str, careful: bool = False) -> list[str]:
 
 
 def copy_window(
-    dsn: str, variant: tuple[list[str], list[str]], lo: int, seconds: float, rate: float, chunk: int
+    dsn: str, variant: tuple[list[str], list[str]], lo: int, seconds: float, rate: float, chunk: int, name: str
 ) -> int:
     """Copy chunks of `chunk` ids from `lo` at `rate` rows/s for `seconds`; returns the next id to copy."""
+    chunk = max(1, chunk // 10) if name == "small-chunks" else chunk
     with psycopg.connect(dsn, autocommit=True) as conn:
         t0 = time.monotonic()
         copied = 0
@@ -90,8 +97,8 @@ def copy_window(
                     with conn.transaction():
                         set_local(
                             conn,
-                            synchronous_commit=False,
-                            backend_flush_after=BACKEND_FLUSH_AFTER,
+                            synchronous_commit=name == "sync-commit",
+                            backend_flush_after="0" if name == "no-flush-after" else BACKEND_FLUSH_AFTER,
                             session_replication_role="replica",
                         )
                         for stmt in statements:
@@ -109,7 +116,7 @@ def copy_window(
 
 def one_cycle(args: argparse.Namespace, dsn: str, load: Load, spec: Spec, lo: int) -> tuple[dict[str, Any], int]:
     out: dict[str, Any] = {}
-    for variant in ("idle", *VARIANTS, "idle2"):
+    for variant in ("idle", *args.variants, "idle2"):
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CHECKPOINT")
         time.sleep(SETTLE_SECONDS)
@@ -119,8 +126,8 @@ def one_cycle(args: argparse.Namespace, dsn: str, load: Load, spec: Spec, lo: in
             stmts = (variant_sql(spec, variant), variant_sql(spec, variant, careful=True))
             start = lo
 
-            def job(stmts: tuple[list[str], list[str]] = stmts, start: int = start) -> int:
-                return copy_window(dsn, stmts, start, args.seconds, args.rows_per_second, args.chunk_rows)
+            def job(stmts: tuple[list[str], list[str]] = stmts, start: int = start, name: str = variant) -> int:
+                return copy_window(dsn, stmts, start, args.seconds, args.rows_per_second, args.chunk_rows, name)
 
             span = load.window(job)
             lo = start + int(args.seconds * args.rows_per_second) + args.chunk_rows
@@ -140,9 +147,10 @@ def main() -> None:
     ap.add_argument("--rows-per-second", type=float, default=2000.0)
     ap.add_argument("--chunk-rows", type=int, default=1000)
     ap.add_argument("--cycles", type=int, default=2)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, *RUN_VARIANTS])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    need = int(args.cycles * 4 * (args.seconds * args.rows_per_second + args.chunk_rows))
+    need = int(args.cycles * len(args.variants) * (args.seconds * args.rows_per_second + args.chunk_rows))
     if need > args.rows:
         ap.error(f"--rows {args.rows:,} is too few: the variants copy up to {need:,} distinct rows")
     spec = load_spec()
@@ -183,12 +191,12 @@ def main() -> None:
                 result, lo = one_cycle(args, dsn, load, spec, lo)
                 cycles.append(result)
     idle = statistics.median(c[k]["p99_ms"] for c in cycles for k in ("idle", "idle2"))
-    summary = {v: round(statistics.median(c[v]["p99_ms"] for c in cycles) / max(idle, 1e-9), 2) for v in VARIANTS}
+    summary = {v: round(statistics.median(c[v]["p99_ms"] for c in cycles) / max(idle, 1e-9), 2) for v in args.variants}
     if args.json:
         print(json.dumps({"cycles": cycles, "idle_p99_ms": idle, "p99_ratio": summary}))
         return
     print(f"idle p99 (median of {2 * len(cycles)} windows): {idle:.2f} ms")
-    for v in VARIANTS:
+    for v in args.variants:
         print(f"{v:15s} p99 ratio {summary[v]:.2f}")
 
 

@@ -1,5 +1,5 @@
 """The adaptive pace of the long jobs (engine/pace.py): flat out on an idle server, slower when the application is
-busier while the job works, shorter chunks when application sessions wait on the job's locks."""
+busier while the job works, short chunks while the application is at work."""
 
 from __future__ import annotations
 
@@ -36,20 +36,20 @@ def _feed(pacer: Pacer, seconds: float, working_ms: float, resting_ms: float, t0
 
 @pytest.mark.unit
 def test_pacer_cuts_the_duty_when_the_application_is_slower_while_the_job_works() -> None:
-    """Application statements twice as slow during chunks as between them lower the duty (chunks keep their size);
-    equal latencies raise the duty again."""
+    """Application statements twice as slow during chunks as between them lower the duty; equal latencies raise
+    it again; while the application works, chunks are short."""
     pacer = Pacer(None)
     pacer.duty = 0.5
     t = _feed(pacer, 1.2, working_ms=2.0, resting_ms=1.0, t0=time.monotonic())
     assert pacer.duty < 0.5
     assert "slower while copying" in pacer.reason
-    assert pacer.chunk_scale == 1.0  # nobody waits on the job's locks: full-size chunks, fewer of them
+    assert pacer.chunk_scale == pace.ACTIVE_CHUNK_SCALE
     t = _feed(pacer, 1.2, working_ms=2.0, resting_ms=1.0, t0=t)
     cut = pacer.duty
     _feed(pacer, 2.2, working_ms=1.0, resting_ms=1.05, t0=t)
     assert pacer.duty > cut
     assert "unaffected" in pacer.reason
-    assert pacer.chunk_scale == 1.0
+    assert pacer.chunk_scale == pace.ACTIVE_CHUNK_SCALE
 
 
 @pytest.mark.db

@@ -7,11 +7,12 @@ each with whether a chunk of ours was running, and once per window the controlle
 application's statements are slower while the job works than while it rests, or any backend waits on a lock one of
 the tool's sessions holds, it cuts the job's duty cycle (multiplicative decrease); otherwise it raises it (additive
 increase). The duty cycle is the share of wall time the job works: after a chunk of t seconds a worker rests
-t * (1 - duty) / duty. While application sessions wait on the job's locks, chunks are also short (a chunk's rows
-are locked until it commits, and an application write to one of them waits that long); otherwise they keep
---chunk-time, since a chunk has a fixed cost of ~5 ms (the application's tail was no shorter with 10 ms chunks at a
-lower speed: p99 ratio 2.3 at 6-8% of a plain copy's speed, against 1.6 at 5% with full-size chunks and a lower
-duty). While nothing else runs in the database there is nobody to slow down and the job runs flat out.
+t * (1 - duty) / duty. While the application is at work, chunks are also short (a tenth of --chunk-time): at the
+same rows per second, the application's tail grows with the size of each chunk's burst of WAL and I/O, whatever
+the chunk locks (bench/chunk_cost.py: 2,000 rows/s in chunks of 1,000 rows cost a steady writer's p99 2.1-2.8x,
+even into tables the application never touches, and in chunks of 100 rows 1.2-1.4x; taking the chunk's row
+locks out changed nothing measurable). While nothing else runs in the database there is nobody to slow down and
+the job runs flat out in full-size chunks.
 
 The health signals (engine/health.py) stop a job; the pacer only slows it. `--max-rows-per-second` still caps the
 rate on top, and `--full-speed` turns the pacer off.
@@ -45,7 +46,7 @@ DECREASE = 0.6
 # while the job works than while it rests: the p99 goal is 1.5x the baseline.
 TAIL = 0.9
 SLOWER = 1.5
-ACTIVE_CHUNK_SCALE = 0.1  # while the application waits on the job's locks: 10 ms chunks
+ACTIVE_CHUNK_SCALE = 0.1  # while the application is at work: 10 ms chunks
 PROBE_REST = 0.1  # seconds: at full duty a worker rests this long once a window, so resting samples exist
 
 # One row per client backend of this database that is not migrator's (nor this sampler): whether it is running a
@@ -95,8 +96,9 @@ class Pacer:
         self._connect = connect
         self._on_change = on_change
         self.duty = INITIAL_DUTY if connect is not None else 1.0
-        # A chunk holds its rows' locks until it commits, so an application write to one of them waits up to a
-        # chunk's time: while the application runs, chunks are short.
+        # Short chunks while the application is at work (their bursts of WAL and I/O are what its commits wait
+        # behind), full-size ones otherwise; full-size until the first decision, so a small job on an idle
+        # server is not slowed by it.
         self.chunk_scale = 1.0
         self.reason = "starting" if connect is not None else "full speed (--full-speed)"
         self._busy = 0
@@ -192,9 +194,7 @@ class Pacer:
     def _decide(self, w: Window) -> bool:
         """Adjust the pace from a window; False when the window needs more statements first."""
         work, rest = w.tail(w.working), w.tail(w.resting)
-        # Short chunks only while the application waits on the job's locks: measured, shorter chunks otherwise
-        # cost speed (a chunk's fixed cost is ~5 ms) and did not shorten the application's tail.
-        self.chunk_scale = ACTIVE_CHUNK_SCALE if w.blocked else 1.0
+        self.chunk_scale = ACTIVE_CHUNK_SCALE
         if w.blocked:
             self.duty = max(MIN_DUTY, self.duty * DECREASE)
             self.reason = f"application sessions waited on the job's locks ({w.blocked} samples)"

@@ -19,34 +19,37 @@ from tests.helpers import wait_until
 
 
 def _feed(pacer: Pacer, seconds: float, working_ms: float, resting_ms: float, t0: float) -> float:
-    """Synthetic samples every SAMPLE_EVERY for `seconds`, each seeing one application statement end: half inside
-    a chunk (taking `working_ms`), half between chunks (taking `resting_ms`)."""
+    """Synthetic chunks of 0.1 s every 0.3 s for `seconds`, and samples every SAMPLE_EVERY, each seeing one
+    application statement end: taking `working_ms` when it ran into a chunk (or its GRACE), `resting_ms`
+    otherwise."""
+    period, busy = 0.3, 0.1
+    k = 0
+    while t0 + k * period < t0 + seconds:
+        pacer.chunk(t0 + k * period, t0 + k * period + busy)
+        k += 1
     t = t0
-    n = 0
     while t < t0 + seconds:
-        if n % 2:
-            with pacer.working():
-                pacer.observe([working_ms / 1000], 1, 0, now=t)
-        else:
-            pacer.observe([resting_ms / 1000], 1, 0, now=t)
+        in_chunk = (t - t0) % period < busy + pace.GRACE
+        latency = (working_ms if in_chunk else resting_ms) / 1000
+        pacer.observe([(t - latency, t)], 1, 0, now=t)
         t += pace.SAMPLE_EVERY
-        n += 1
     return t
 
 
 @pytest.mark.unit
 def test_pacer_cuts_the_duty_when_the_application_is_slower_while_the_job_works() -> None:
-    """Application statements twice as slow during chunks as between them lower the duty; equal latencies raise
-    it again; while the application works, chunks are short."""
+    """Application statements twice as slow during chunks as clear of them (its tail then twice its resting tail)
+    lower the duty; equal latencies raise it again; while the application works, chunks are short."""
     pacer = Pacer(None)
     pacer.duty = 0.5
-    t = _feed(pacer, 1.2, working_ms=2.0, resting_ms=1.0, t0=time.monotonic())
+    # ~5 statements clear of the chunks per 0.3 s: the first comparison once 20 are in
+    t = _feed(pacer, 3.2, working_ms=2.0, resting_ms=1.0, t0=time.monotonic())
     assert pacer.duty < 0.5
-    assert "slower while copying" in pacer.reason
+    assert "application slower" in pacer.reason
     assert pacer.chunk_scale == pace.ACTIVE_CHUNK_SCALE
     t = _feed(pacer, 1.2, working_ms=2.0, resting_ms=1.0, t0=t)
     cut = pacer.duty
-    _feed(pacer, 2.2, working_ms=1.0, resting_ms=1.05, t0=t)
+    _feed(pacer, 5.0, working_ms=1.0, resting_ms=1.05, t0=t)  # past RECENT: the slow statements age out
     assert pacer.duty > cut
     assert "unaffected" in pacer.reason
     assert pacer.chunk_scale == pace.ACTIVE_CHUNK_SCALE

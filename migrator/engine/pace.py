@@ -2,11 +2,17 @@
 
 The signal is the application's own statement latency, read from pg_stat_activity: a backend that has gone idle
 still shows when its last statement started (query_start) and ended (state_change), so a sampler thread that reads
-the view often sees nearly every statement the application's backends complete, and how long each took. It tags
-each with whether a chunk of ours was running, and once per window the controller compares the two means: if the
-application's statements are slower while the job works than while it rests, or any backend waits on a lock one of
-the tool's sessions holds, it cuts the job's duty cycle (multiplicative decrease); otherwise it raises it (additive
-increase). The duty cycle is the share of wall time the job works: after a chunk of t seconds a worker rests
+the view often sees nearly every statement the application's backends complete, when it ran and how long it took.
+The pacer knows when each chunk ran, so it knows which statements ran clear of every chunk (and of the moments
+after one, when the next commits flush the chunk's WAL): those give the application's resting latency. Once a
+second the controller compares the tail of all the application's recent statements with the resting tail: above
+SLOWER times it, or when any backend waits on a lock one of the tool's sessions holds, it cuts the job's duty cycle
+(multiplicative decrease); otherwise it raises it (additive increase). The target is the application's whole tail,
+not its statements during chunks alone: with short chunks at a high duty, every statement is near some chunk, and a
+comparison of statements during and between chunks found them alike while the tail was 3x (session 9). When too
+few statements ran clear of the chunks, a worker rests long enough for some to (a probe).
+
+The duty cycle is the share of wall time the job works: after a chunk of t seconds a worker rests
 t * (1 - duty) / duty. While the application is at work, chunks are also short (a tenth of --chunk-time): at the
 same rows per second, the application's tail grows with the size of each chunk's burst of WAL and I/O, whatever
 the chunk locks (bench/chunk_cost.py: 2,000 rows/s in chunks of 1,000 rows cost a steady writer's p99 2.1-2.8x,
@@ -21,11 +27,12 @@ rate on top, and `--full-speed` turns the pacer off.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -33,24 +40,30 @@ import psycopg
 log = logging.getLogger(__name__)
 
 SAMPLE_EVERY = 0.025  # seconds between two pg_stat_activity samples
-WINDOW = 1.0  # seconds of samples behind each decision
+WINDOW = 1.0  # seconds between two decisions
 FIRST_WINDOW = 0.25  # the first decision comes sooner: on an idle server the job should not start at half speed
-LONGEST_WINDOW = 5.0  # a window waits this long at most for enough statements of both sides
-MIN_STATEMENTS = 10  # per side (working, resting) before the two are compared
+RECENT = 3.0  # seconds of the application's statements whose tail is compared
+REFERENCE = 30.0  # seconds of statements clear of the chunks that give the resting tail
+# After a chunk commits (asynchronously), the application's next commits flush its WAL: a statement ending this soon
+# after a chunk does not count as resting.
+GRACE = 0.05
+MIN_STATEMENTS = 10  # application statements in RECENT before the tails are compared
+MIN_RESTING = 20  # statements clear of the chunks in REFERENCE before the tails are compared
 INITIAL_DUTY = 0.5
-MIN_DUTY = 0.05
+MIN_DUTY = 0.02
 INCREASE = 0.05
 DECREASE = 0.6
-# The application counts as slowed down when the tail of its statement latencies (TAIL quantile: with tens of
-# statements a window, the 90th percentile is the highest that is not one statement's noise) is this much longer
-# while the job works than while it rests: the p99 goal is 1.5x the baseline.
-TAIL = 0.9
-SLOWER = 1.5
+# The application counts as slowed down when the tail of its recent statement latencies (TAIL quantile: with a few
+# hundred statements, the 95th percentile is the highest that is not a handful of statements' noise) is this much
+# longer than the resting tail; the goal is a p99 within 1.5x of the baseline.
+TAIL = 0.99
+SLOWER = 1.3
 ACTIVE_CHUNK_SCALE = 0.1  # while the application is at work: 10 ms chunks
-PROBE_REST = 0.1  # seconds: at full duty a worker rests this long once a window, so resting samples exist
+PROBE_REST = 0.3  # seconds a worker rests when too few statements ran clear of the chunks
 
 # One row per client backend of this database that is not migrator's (nor this sampler): whether it is running a
-# statement, the start and duration of its last statement if it is idle, and whether it waits on one of our locks.
+# statement, the start and duration of its last statement and how long ago it ended if it is idle, and whether it
+# waits on one of our locks.
 SAMPLE_SQL = (
     "SELECT a.pid, a.state = 'active', extract(epoch FROM a.query_start),"
     "       CASE WHEN a.state IN ('idle', 'idle in transaction')"
@@ -58,7 +71,8 @@ SAMPLE_SQL = (
     "       CASE WHEN a.wait_event_type = 'Lock' THEN EXISTS ("
     "         SELECT 1 FROM pg_catalog.pg_stat_activity t"
     "          WHERE t.pid = ANY (pg_catalog.pg_blocking_pids(a.pid))"
-    "            AND t.application_name LIKE 'migrator%%') ELSE false END"
+    "            AND t.application_name LIKE 'migrator%%') ELSE false END,"
+    "       extract(epoch FROM pg_catalog.clock_timestamp() - a.state_change)"
     "  FROM pg_catalog.pg_stat_activity a"
     " WHERE a.backend_type = 'client backend' AND a.pid <> pg_catalog.pg_backend_pid()"
     "   AND a.datname = pg_catalog.current_database()"
@@ -66,22 +80,10 @@ SAMPLE_SQL = (
 )
 
 
-@dataclass
-class Window:
-    """What one decision rests on: the application's statement latencies (seconds) that ended while the job worked
-    and while it rested, samples with an application statement running, samples with a backend waiting on us."""
-
-    working: list[float] = field(default_factory=list)
-    resting: list[float] = field(default_factory=list)
-    active: int = 0
-    blocked: int = 0
-    started: float = 0.0
-
-    @staticmethod
-    def tail(latencies: Sequence[float]) -> float:
-        """The 90th percentile: the tail is what a copy hurts (lock waits, commits behind its WAL); the mean
-        hardly moves."""
-        return sorted(latencies)[int(len(latencies) * TAIL)] if latencies else 0.0
+def tail(latencies: Sequence[float]) -> float:
+    """The TAIL quantile: the tail is what a copy hurts (commits behind its WAL, lock waits); the mean hardly
+    moves."""
+    return sorted(latencies)[min(len(latencies) - 1, int(len(latencies) * TAIL))] if latencies else 0.0
 
 
 class Pacer:
@@ -101,11 +103,16 @@ class Pacer:
         # server is not slowed by it.
         self.chunk_scale = 1.0
         self.reason = "starting" if connect is not None else "full speed (--full-speed)"
-        self._busy = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._window = Window(started=time.monotonic() - (WINDOW - FIRST_WINDOW))
+        self._running: dict[int, float] = {}  # chunk in flight -> its start (monotonic)
+        self._keys = itertools.count()
+        self._chunks: deque[tuple[float, float]] = deque()  # recent chunks' (start, end)
+        self._statements: deque[tuple[float, float, bool]] = deque()  # (end, latency, resting)
+        self._active = 0  # samples since the last decision with an application statement running
+        self._blocked = 0  # samples since the last decision with a backend waiting on our locks
+        self._decided = time.monotonic() - (WINDOW - FIRST_WINDOW)
         self._probe_due = False
         self.decisions = 0
         self._reported = self.duty  # the duty the last pace line said
@@ -114,13 +121,21 @@ class Pacer:
 
     @contextlib.contextmanager
     def working(self) -> Iterator[None]:
+        started = time.monotonic()
         with self._lock:
-            self._busy += 1
+            key = next(self._keys)
+            self._running[key] = started
         try:
             yield
         finally:
             with self._lock:
-                self._busy -= 1
+                del self._running[key]
+                self._chunks.append((started, time.monotonic()))
+
+    def chunk(self, start: float, end: float) -> None:
+        """Record a chunk that ran from `start` to `end` (monotonic seconds); `working()` does it for real ones."""
+        with self._lock:
+            self._chunks.append((start, end))
 
     def rest(self, seconds: float, stop: threading.Event | None = None) -> None:
         """After a chunk of `seconds`: rest so that work takes `duty` of the wall time."""
@@ -169,56 +184,78 @@ class Pacer:
                 except psycopg.Error as exc:
                     log.warning("pacer: sampling failed (%s); the job keeps a %.0f%% duty", exc, self.duty * 100)
                     return
+                now = time.monotonic()
                 ended = []
-                for pid, _running, started, took, _waits in rows:
+                for pid, _running, started, took, _waits, ago in rows:
                     # A backend seen for the first time may have gone idle long ago: only what ends from now counts.
                     if took is not None and started is not None and seen.setdefault(pid, started) != started:
                         seen[pid] = started
-                        ended.append(float(took))
-                self.observe(ended, sum(1 for r in rows if r[1]), sum(1 for r in rows if r[4]))
+                        # When it ended on our clock: the server says how long ago (no clock comparison needed).
+                        end = now - max(0.0, float(ago or 0.0))
+                        ended.append((end - float(took), end))
+                self.observe(ended, sum(1 for r in rows if r[1]), sum(1 for r in rows if r[4]), now)
 
-    def observe(self, ended: Sequence[float], active: int, blocked: int, now: float | None = None) -> None:
-        """One sample: the durations of the application's statements that ended since the last one (seconds), its
-        statements running now, its backends waiting on our locks. Decides once a window is full."""
+    def observe(
+        self, ended: Sequence[tuple[float, float]], active: int, blocked: int, now: float | None = None
+    ) -> None:
+        """One sample: the application's statements that ended since the last one ((start, end), monotonic
+        seconds), its statements running now, its backends waiting on our locks. Decides once a window has passed."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            w = self._window
-            (w.working if self._busy else w.resting).extend(ended)
-            w.active += active > 0
-            w.blocked += blocked
-            if now - w.started < WINDOW:
+            for start, end in ended:
+                self._statements.append((end, end - start, self._clear(start, end)))
+            while self._statements and self._statements[0][0] < now - REFERENCE:
+                self._statements.popleft()
+            while self._chunks and self._chunks[0][1] < now - REFERENCE:
+                self._chunks.popleft()
+            self._active += active > 0
+            self._blocked += blocked
+            if now - self._decided < WINDOW:
                 return
-            if self._decide(w) or now - w.started >= LONGEST_WINDOW:
-                self._window = Window(started=now)
+            self._decide(now)
+            self._decided, self._active, self._blocked = now, 0, 0
 
-    def _decide(self, w: Window) -> bool:
-        """Adjust the pace from a window; False when the window needs more statements first."""
-        work, rest = w.tail(w.working), w.tail(w.resting)
-        self.chunk_scale = ACTIVE_CHUNK_SCALE
-        if w.blocked:
+    def _clear(self, start: float, end: float) -> bool:
+        """Whether a statement ran clear of every chunk (and of the GRACE after each)."""
+        if any(s <= end for s in self._running.values()):
+            return False
+        return not any(s <= end and start <= e + GRACE for s, e in self._chunks)
+
+    def _decide(self, now: float) -> None:
+        """Adjust the pace from the statements seen."""
+        recent = [lat for end, lat, _ in self._statements if end >= now - RECENT]
+        resting = [lat for _, lat, clear in self._statements if clear]
+        if self._blocked:
+            self.chunk_scale = ACTIVE_CHUNK_SCALE
             self.duty = max(MIN_DUTY, self.duty * DECREASE)
-            self.reason = f"application sessions waited on the job's locks ({w.blocked} samples)"
-        elif len(w.working) + len(w.resting) < MIN_STATEMENTS and not w.active:
+            self.reason = f"application sessions waited on the job's locks ({self._blocked} samples)"
+        elif len(recent) < MIN_STATEMENTS and not self._active:
             # Hardly anything runs besides us (a few statements a second at most): nobody to slow down.
             self.duty, self.chunk_scale = 1.0, 1.0
             self.reason = "no other sessions at work in the database"
-        elif len(w.working) < MIN_STATEMENTS or len(w.resting) < MIN_STATEMENTS:
-            # Not enough of one side to compare (at full duty there is no resting at all): ask for a short rest.
-            self._probe_due = len(w.resting) < MIN_STATEMENTS
-            return False
-        elif work > rest * SLOWER:
-            self.duty = max(MIN_DUTY, self.duty * DECREASE)
-            self.reason = (
-                f"application slower while copying ({work * 1000:.2f} vs {rest * 1000:.2f} ms, 90th percentile)"
-            )
+        elif len(resting) < MIN_RESTING:
+            # The application is at work, but too few of its statements ran clear of the chunks to know its
+            # resting latency: short chunks, and a rest long enough for some.
+            self.chunk_scale = ACTIVE_CHUNK_SCALE
+            self._probe_due = True
+            return
         else:
-            self.duty = min(1.0, self.duty + INCREASE)
-            self.reason = f"application unaffected ({work * 1000:.2f} vs {rest * 1000:.2f} ms, 90th percentile)"
+            self.chunk_scale = ACTIVE_CHUNK_SCALE
+            now_tail, rest_tail = tail(recent), tail(resting)
+            figures = f"{now_tail * 1000:.2f} vs {rest_tail * 1000:.2f} ms resting, {TAIL:.0%} of its statements"
+            if now_tail > rest_tail * SLOWER:
+                self.duty = max(MIN_DUTY, self.duty * DECREASE)
+                self.reason = f"application slower ({figures})"
+            else:
+                self.duty = min(1.0, self.duty + INCREASE)
+                self.reason = f"application unaffected ({figures})"
+            # Keep the resting figure fresh: when the last clear statements are old, rest once for new ones.
+            if not any(clear for end, _, clear in self._statements if end >= now - RECENT):
+                self._probe_due = True
         self.decisions += 1
         if self._on_change is not None and _crossed(self._reported, self.duty):
             self._reported = self.duty
             self._on_change(f"pace: {self.describe()}")
-        return True
 
 
 def _crossed(before: float, after: float) -> bool:

@@ -53,9 +53,9 @@ INITIAL_DUTY = 0.5
 MIN_DUTY = 0.02
 INCREASE = 0.05
 DECREASE = 0.6
-# The application counts as slowed down when the tail of its recent statement latencies (TAIL quantile: with a few
-# hundred statements, the 95th percentile is the highest that is not a handful of statements' noise) is this much
-# longer than the resting tail; the goal is a p99 within 1.5x of the baseline.
+# The application counts as slowed down when the tail of its recent statement latencies (the TAIL quantile, the
+# goal's own: p99 within 1.5x of the baseline) is this much longer than the resting tail. Measured with the 95th
+# percentile instead: the pace ran about twice as fast and the writer's p99 was 2.8x (median of 3) against 2.2x.
 TAIL = 0.99
 SLOWER = 1.3
 ACTIVE_CHUNK_SCALE = 0.1  # while the application is at work: 10 ms chunks

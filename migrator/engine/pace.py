@@ -7,7 +7,7 @@ The pacer knows when each chunk ran, so it knows which statements ran clear of e
 after one, when the next commits flush the chunk's WAL): those give the application's resting latency. Once a
 second the controller compares the tail of all the application's recent statements with the resting tail: above
 SLOWER times it, or when any backend waits on a lock one of the tool's sessions holds, it cuts the job's duty cycle
-(multiplicative decrease); otherwise it raises it (additive increase). The target is the application's whole tail,
+by 30% (at most once per compared window); otherwise it raises it by 10%. The target is the application's whole tail,
 not its statements during chunks alone: with short chunks at a high duty, every statement is near some chunk, and a
 comparison of statements during and between chunks found them alike while the tail was 3x (session 9). When too
 few statements ran clear of the chunks, a worker rests long enough for some to (a probe).

@@ -67,24 +67,41 @@ REF_SCHEMA = "bench_ref"
 REFERENCE_CHUNK_ROWS = 5000
 
 
+def reference_tables(conn: psycopg.Connection[Any], spec: Spec) -> Spec:
+    """Empty copies of the split tables (keys and indexes, no foreign keys or triggers) in REF_SCHEMA, made anew;
+    returns the spec that names them."""
+    ref = spec.model_copy(update={"base": spec.base.model_copy(update={"schema_": REF_SCHEMA})})
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident(REF_SCHEMA)))
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident(REF_SCHEMA)))
+    for table in spec.split_tables():
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(names.split(ref, table), names.split(spec, table))
+        )
+    return ref
+
+
+def seeded_and_expanded(dsn: str, spec: Spec, rows: int, logdir: Path) -> tuple[Path, int, Database]:
+    """Seed `rows` legacy rows, expand, write the writer's pgbench script; returns (script, max id, database)."""
+    script = logdir / "writer.sql"
+    script.write_text(SCRIPT)
+    with psycopg.connect(dsn) as conn:
+        seed(conn, rows, dirty_ratio=0.02, random_seed=1)
+        maxid = int(conn.execute("SELECT max(id) FROM core_project").fetchone()[0])  # type: ignore[index]
+    db = Database(dsn)
+    Expand().apply(Context(spec, db))
+    return script, maxid, db
+
+
 def reference_copy(dsn: str, spec: Spec, chunk_rows: int, max_rows_per_second: float | None) -> tuple[float, int]:
     """Copy the legacy rows in keyset chunks of `chunk_rows` ids, one transaction per chunk with the backfill's
     session settings (asynchronous commit, its write-back), into empty copies of the split tables (their keys
     and indexes, no foreign keys or triggers). Returns (seconds, rows)."""
-    ref = spec.model_copy(update={"base": spec.base.model_copy(update={"schema_": REF_SCHEMA})})
     pk = ident(spec.pk)
-    bounded = [
-        sql.SQL("{} AND l.{} > %(lo)s AND l.{} <= %(hi)s").format(stmt, pk, pk) for stmt in offline_statements(ref)
-    ]
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident(REF_SCHEMA)))
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident(REF_SCHEMA)))
-        for table in spec.split_tables():
-            conn.execute(
-                sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
-                    names.split(ref, table), names.split(spec, table)
-                )
-            )
+        ref = reference_tables(conn, spec)
+        bounded = [
+            sql.SQL("{} AND l.{} > %(lo)s AND l.{} <= %(hi)s").format(stmt, pk, pk) for stmt in offline_statements(ref)
+        ]
         lo, top = conn.execute(
             sql.SQL("SELECT min({}) - 1, max({}) FROM {}").format(pk, pk, names.source(spec))
         ).fetchone() or (0, 0)
@@ -183,13 +200,7 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
     cap = args.max_rows_per_second or None
     with scratch_database(args.dsn, "bench_bfl") as dsn, tempfile.TemporaryDirectory() as tmp:
         logdir = Path(tmp)
-        script = logdir / "writer.sql"
-        script.write_text(SCRIPT)
-        with psycopg.connect(dsn) as conn:
-            seed(conn, args.rows, dirty_ratio=0.02, random_seed=1)
-            maxid = int(conn.execute("SELECT max(id) FROM core_project").fetchone()[0])  # type: ignore[index]
-        db = Database(dsn)
-        Expand().apply(Context(spec, db))
+        script, maxid, db = seeded_and_expanded(dsn, spec, args.rows, logdir)
 
         with psycopg.connect(dsn, autocommit=True) as conn:
             # A settled legacy table: without this, autovacuum's first pass over the freshly seeded rows lands in

@@ -36,22 +36,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backfill import offline_statements  # noqa: E402
-from backfill_latency import SCRIPT  # noqa: E402
+from backfill_latency import REF_SCHEMA, reference_tables, seeded_and_expanded  # noqa: E402
 from common import find_pgbench, scratch_database  # noqa: E402
 from zero_downtime import SETTLE_SECONDS, Load  # noqa: E402
 
 from migrator.copy import forward_sql  # noqa: E402
 from migrator.copy.forward import BACKEND_FLUSH_AFTER  # noqa: E402
-from migrator.db import Database  # noqa: E402
-from migrator.engine.context import Context  # noqa: E402
 from migrator.engine.session import set_local  # noqa: E402
-from migrator.phases.expand import Expand  # noqa: E402
-from migrator.seed import seed  # noqa: E402
 from migrator.spec import Spec, load_spec  # noqa: E402
 from migrator.sqlgen import names  # noqa: E402
 from migrator.sqlgen.compose import as_text, ident  # noqa: E402
 
-REF_SCHEMA = "bench_ref"
 VARIANTS = ("backfill", "no-legacy-lock", "no-fk-lock", "no-locks", "elsewhere")
 # Variants of how the backfill's chunk statement runs (not what it does): --variants picks any of both lists.
 # sync-commit: the chunk's commit flushes its own WAL; small-chunks: a tenth of --chunk-rows at the same rate;
@@ -156,24 +151,11 @@ def main() -> None:
     spec = load_spec()
     with scratch_database(args.dsn, "bench_cc") as dsn, tempfile.TemporaryDirectory() as tmp:
         logdir = Path(tmp)
-        script = logdir / "writer.sql"
-        script.write_text(SCRIPT)
-        with psycopg.connect(dsn) as conn:
-            seed(conn, args.rows, dirty_ratio=0.02, random_seed=1)
-            maxid = int(conn.execute("SELECT max(id) FROM core_project").fetchone()[0])  # type: ignore[index]
-        db = Database(dsn)
-        Expand().apply(Context(spec, db))
+        script, maxid, db = seeded_and_expanded(dsn, spec, args.rows, logdir)
         db.dispose()
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("VACUUM (ANALYZE) core_project")
-            conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident(REF_SCHEMA)))
-            ref = spec.model_copy(update={"base": spec.base.model_copy(update={"schema_": REF_SCHEMA})})
-            for table in spec.split_tables():
-                conn.execute(
-                    sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
-                        names.split(ref, table), names.split(spec, table)
-                    )
-                )
+            reference_tables(conn, spec)
             # The split tables as the backfill sees them a while in (its first ANALYZE comes at 1,000 rows).
             lo = int(conn.execute("SELECT min(id) - 1 FROM core_project").fetchone()[0])  # type: ignore[index]
             stmts = variant_sql(spec, "no-locks")

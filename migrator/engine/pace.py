@@ -224,7 +224,14 @@ class Pacer:
         """Whether a statement ran clear of every chunk (and of the GRACE after each)."""
         if any(s <= end for s in self._running.values()):
             return False
-        return not any(s <= end and start <= e + GRACE for s, e in self._chunks)
+        # Newest first, as chunks are recorded in the order they end: the scan stops at the first chunk that ended
+        # (with its GRACE) before the statement started, so a sample costs a few chunks, not 30 s of them.
+        for s, e in reversed(self._chunks):
+            if e + GRACE < start:
+                return True
+            if s <= end:
+                return False
+        return True
 
     def _decide(self, now: float) -> None:
         """Adjust the pace from the statements seen."""

@@ -183,14 +183,19 @@ def public(summary: dict[str, Any]) -> dict[str, Any]:
 
 def slow_by_step(txs: list[tuple[float, float]], steps: list[dict[str, Any]], over_ms: float) -> dict[str, Any]:
     """Where the tail comes from: per lifecycle step, the transactions slower than over_ms that ended during it
-    (or in the gap before the next step), and the slowest."""
+    (or in the gap before the next step), their p99 and the slowest."""
     out: dict[str, Any] = {}
     for i, st in enumerate(steps):
         end = steps[i + 1]["start"] if i + 1 < len(steps) else st["end"]
         lats = [lat for t, lat in txs if st["start"] <= t < end]
         slow = [lat for lat in lats if lat > over_ms]
         key = f"{i:02d} {st['step']}"
-        out[key] = {"tx": len(lats), "slow": len(slow), "max_ms": round(max(lats, default=0.0), 1)}
+        out[key] = {
+            "tx": len(lats),
+            "slow": len(slow),
+            "p99_ms": round(pct(lats, 99), 2),
+            "max_ms": round(max(lats, default=0.0), 1),
+        }
     return out
 
 
@@ -416,7 +421,7 @@ def main() -> None:
         if slow:
             print(f"transactions over 1.5x the baseline p99 ({1.5 * a['p99_ms']:.2f} ms), by lifecycle step:")
             for k, v in slow.items():
-                print(f"  {k:24s} {v['slow']:5d} of {v['tx']:5d} tx, slowest {v['max_ms']} ms")
+                print(f"  {k:24s} {v['slow']:5d} of {v['tx']:5d} tx, p99 {v['p99_ms']} ms, slowest {v['max_ms']} ms")
         if b["error"]:
             print(f"lifecycle error: {b['error']}")
         for ex in result["aborted_examples"]:

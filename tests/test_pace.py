@@ -41,7 +41,7 @@ def test_pacer_cuts_the_duty_when_the_application_is_slower_while_the_job_works(
     """Application statements twice as slow during chunks as clear of them (its tail then twice its resting tail)
     lower the duty; equal latencies raise it again; while the application works, chunks are short."""
     pacer = Pacer(None)
-    pacer.duty = 0.5
+    pacer.duty, pacer.chunk_scale = 0.5, pace.ACTIVE_CHUNK_SCALE
     # ~5 statements clear of the chunks per 0.3 s: the first comparison once 20 are in
     t = _feed(pacer, 3.2, working_ms=2.0, resting_ms=1.0, t0=time.monotonic())
     assert pacer.duty < 0.5
@@ -52,6 +52,24 @@ def test_pacer_cuts_the_duty_when_the_application_is_slower_while_the_job_works(
     _feed(pacer, 5.0, working_ms=1.0, resting_ms=1.05, t0=t)  # past RECENT: the slow statements age out
     assert pacer.duty > cut
     assert "unaffected" in pacer.reason
+    assert pacer.chunk_scale == pace.ACTIVE_CHUNK_SCALE
+
+
+@pytest.mark.unit
+def test_pacer_starts_slow_again_when_the_application_starts_working_after_an_idle_spell() -> None:
+    """Full speed while nothing else runs; the first second the application works, the duty drops to the slow
+    start and chunks turn short, before any comparison of tails."""
+    pacer = Pacer(None)
+    t = time.monotonic()
+    for _ in range(int(2 / pace.SAMPLE_EVERY)):
+        pacer.observe([], 0, 0, now=t)
+        t += pace.SAMPLE_EVERY
+    assert pacer.duty == 1.0, pacer.describe()
+    assert pacer.chunk_scale == 1.0
+    for _ in range(int(1.2 / pace.SAMPLE_EVERY)):
+        pacer.observe([(t - 0.001, t)], 1, 0, now=t)
+        t += pace.SAMPLE_EVERY
+    assert pacer.duty <= pace.INITIAL_DUTY, pacer.describe()
     assert pacer.chunk_scale == pace.ACTIVE_CHUNK_SCALE
 
 

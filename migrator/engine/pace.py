@@ -7,7 +7,9 @@ The pacer knows when each chunk ran, so it knows which statements ran clear of e
 after one, when the next commits flush the chunk's WAL): those give the application's resting latency. Once a
 second the controller compares the tail of all the application's recent statements with the resting tail: above
 SLOWER times it, or when any backend waits on a lock one of the tool's sessions holds, it cuts the job's duty cycle
-by 30% (at most once per compared window); otherwise it raises it by 10%. The target is the application's whole tail,
+by 30% (at most once per compared window); otherwise it raises it by 10%. A job starts slowly (5%, short chunks)
+until the first decision says whether anyone else works, and again whenever the application starts working after an
+idle spell. The target is the application's whole tail,
 not its statements during chunks alone: with short chunks at a high duty, every statement is near some chunk, and a
 comparison of statements during and between chunks found them alike while the tail was 3x (session 9). When too
 few statements ran clear of the chunks, a worker rests long enough for some to (a probe).
@@ -49,7 +51,11 @@ REFERENCE = 30.0  # seconds of statements clear of the chunks that give the rest
 GRACE = 0.05
 MIN_STATEMENTS = 10  # application statements in RECENT before the tails are compared
 MIN_RESTING = 20  # statements clear of the chunks in REFERENCE before the tails are compared
-INITIAL_DUTY = 0.5
+# A slow start: until the first decision the job assumes the application is at work (short chunks, a low duty), and
+# whenever the application starts working after an idle spell the duty starts from here again; it then rises by
+# INCREASE a second for as long as the application is unaffected. Starting at 50% cost more than the rest of a
+# run: the first 20 s of cuts (one per RECENT) held a third of a 24 s backfill's slowed transactions.
+INITIAL_DUTY = 0.05
 MIN_DUTY = 0.02
 # Small steps both ways, and one cut per RECENT seconds (the statements from before a cut must age out of the
 # compared tail before it can say whether the cut was enough): with +5 points and x0.6 every second, the duty swung
@@ -60,8 +66,11 @@ DECREASE = 0.7
 # The application counts as slowed down when the tail of its recent statement latencies (the TAIL quantile, the
 # goal's own: p99 within 1.5x of the baseline) is this much longer than the resting tail. Measured with the 95th
 # percentile instead: the pace ran about twice as fast and the writer's p99 was 2.8x (median of 3) against 2.2x.
+# SLOWER is below the goal's 1.5 because the server's statement times leave out what the client adds (its
+# scheduling, the network, transactions queued behind a slow one) and because the controller rides the edge it
+# is given: at 1.3 the writer's p99 was 1.84x its baseline (median of 3 runs), at 1.2 1.49x (session 10).
 TAIL = 0.99
-SLOWER = 1.3
+SLOWER = 1.2
 ACTIVE_CHUNK_SCALE = 0.1  # while the application is at work: 10 ms chunks
 PROBE_REST = 0.3  # seconds a worker rests when too few statements ran clear of the chunks
 
@@ -103,9 +112,9 @@ class Pacer:
         self._on_change = on_change
         self.duty = INITIAL_DUTY if connect is not None else 1.0
         # Short chunks while the application is at work (their bursts of WAL and I/O are what its commits wait
-        # behind), full-size ones otherwise; full-size until the first decision, so a small job on an idle
-        # server is not slowed by it.
-        self.chunk_scale = 1.0
+        # behind), full-size ones otherwise; short until the first decision (a quarter of a second: on an idle
+        # server the job is at full speed after it).
+        self.chunk_scale = ACTIVE_CHUNK_SCALE if connect is not None else 1.0
         self.reason = "starting" if connect is not None else "full speed (--full-speed)"
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -237,11 +246,15 @@ class Pacer:
         """Adjust the pace from the statements seen."""
         recent = [lat for end, lat, _ in self._statements if end >= now - RECENT]
         resting = [lat for _, lat, clear in self._statements if clear]
+        idle = len(recent) < MIN_STATEMENTS and not self._active
+        if not idle and self.chunk_scale == 1.0:
+            # The application started working after an idle spell: a slow start again, not full speed.
+            self.duty = min(self.duty, INITIAL_DUTY)
         if self._blocked:
             self.chunk_scale = ACTIVE_CHUNK_SCALE
             self.duty = max(MIN_DUTY, self.duty * DECREASE)
             self.reason = f"application sessions waited on the job's locks ({self._blocked} samples)"
-        elif len(recent) < MIN_STATEMENTS and not self._active:
+        elif idle:
             # Hardly anything runs besides us (a few statements a second at most): nobody to slow down.
             self.duty, self.chunk_scale = 1.0, 1.0
             self.reason = "no other sessions at work in the database"

@@ -36,6 +36,10 @@ from migrator.sqlgen.ddl import legacy_before_triggers
 # Target seconds per chunk: the refresh pass holds its legacy rows' locks for a chunk's length, and the application
 # waits that long.
 REVERSE_CHUNK_TIME = 0.02
+# While the application works, the pace's short chunks (engine/pace.py): 10 ms, as the forward copy's. A tenth of
+# the above (2 ms, a few rows) paid a commit per handful of rows, and each commit slows the application's about
+# as much as a 100-row one (docs/BENCHMARKS.md, session 10).
+REVERSE_ACTIVE_CHUNK_TIME = 0.01
 # The passes have no retry loop (a chunk that gives up fails the whole rollback), so a chunk waits out the
 # application's short transactions on its rows rather than giving up at the first one; still bounded, so a session
 # that sits on a row lock stops the rollback with an error instead of hanging it.
@@ -296,7 +300,7 @@ class _ReverseCopy:
             if self.health is not None:
                 self.health.wait_until_green(self.conn, threading.Event())
             bound, statement = stmts[cursor is None]
-            self.sizer.target = REVERSE_CHUNK_TIME * self.pacer.chunk_scale
+            self.sizer.target = max(REVERSE_CHUNK_TIME * self.pacer.chunk_scale, REVERSE_ACTIVE_CHUNK_TIME)
             size = self.sizer.next()
             c0 = time.monotonic()
             with self.pacer.working(), self.conn.transaction():

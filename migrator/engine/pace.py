@@ -73,6 +73,7 @@ TAIL = 0.99
 SLOWER = 1.2
 ACTIVE_CHUNK_SCALE = 0.1  # while the application is at work: 10 ms chunks
 PROBE_REST = 0.3  # seconds a worker rests when too few statements ran clear of the chunks
+RECHECK = 0.05  # a resting worker looks this often whether the pace went to full speed
 
 # One row per client backend of this database that is not migrator's (nor this sampler): whether it is running a
 # statement, the start and duration of its last statement and how long ago it ended if it is idle, and whether it
@@ -161,8 +162,13 @@ class Pacer:
         wait = seconds * (1 - duty) / duty if duty < 1 else 0.0
         if probe:
             wait = max(wait, PROBE_REST)
-        if wait > 0:
-            (stop or self._stop).wait(min(wait, 5.0))
+        stop = stop or self._stop
+        deadline = time.monotonic() + min(wait, 5.0)
+        # A rest ends early once the pace finds nobody else at work: the slow start's first rests would otherwise
+        # hold every short job on an idle server for a fifth of a second.
+        while (left := deadline - time.monotonic()) > 0 and not stop.wait(min(left, RECHECK)):
+            if self.duty >= 1.0:
+                return
 
     def describe(self) -> str:
         """The current pace and what holds it back, for progress and status."""

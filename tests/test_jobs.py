@@ -47,9 +47,10 @@ def test_status_shows_the_running_backfill_with_its_pace_and_rate(
     expanded: Database, database_url: str, migrator_exe: str
 ) -> None:
     """While a backfill runs in another process, status shows its rows done of the total, its rate and its pace;
-    once it ends, no job is listed."""
+    stopped by SIGTERM, the job clears its row on the way out and no job is listed."""
+    # 150 rows/s makes a 20 s job: a wide window for a status run that takes seconds on a loaded CI machine.
     proc = subprocess.Popen(
-        [migrator_exe, "--json", "--dsn", database_url, "backfill", "--max-rows-per-second", "600"],
+        [migrator_exe, "--json", "--dsn", database_url, "backfill", "--max-rows-per-second", "150"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -61,21 +62,22 @@ def test_status_shows_the_running_backfill_with_its_pace_and_rate(
             found[:] = [j for j in _jobs(migrator_exe, database_url) if j["rows_per_second"] and j["done"]]
             return bool(found)
 
-        assert wait_until(running, 30) is not None
+        assert wait_until(running, 60) is not None
         seen = found[0]
         assert seen["job"] == "backfill"
-        assert 0 < seen["done"] <= 3000
+        assert 0 < seen["done"] < 3000
         assert seen["total"] >= 2900
-        assert 0 < seen["rows_per_second"] < 2000  # capped at 600 rows/s
+        assert 0 < seen["rows_per_second"] < 1000  # capped at 150 rows/s
         assert seen["pace"]
         assert "duty" in seen["pace"]
         assert seen["held_by"] is None
         assert seen["stale"] is False
+        proc.terminate()
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
         proc.wait()
-    assert proc.returncode == 0, err
+    assert proc.returncode == 143, err
     assert _jobs(migrator_exe, database_url) == []
 
 

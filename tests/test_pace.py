@@ -31,7 +31,7 @@ def _feed(pacer: Pacer, seconds: float, working_ms: float, resting_ms: float, t0
     while t < t0 + seconds:
         in_chunk = (t - t0) % period < busy + pace.GRACE
         latency = (working_ms if in_chunk else resting_ms) / 1000
-        pacer.observe([(t - latency, t)], 1, 0, now=t)
+        pacer.observe([(t - latency, t, "update")], 1, 0, now=t)
         t += pace.SAMPLE_EVERY
     return t
 
@@ -56,6 +56,51 @@ def test_pacer_cuts_the_duty_when_the_application_is_slower_while_the_job_works(
 
 
 @pytest.mark.unit
+def test_pacer_judges_each_kind_of_statement_so_slowed_writes_among_many_reads_count() -> None:
+    """Two fast reads and a write per request, one write in 40 slowed while the job works: under 1% of all the
+    statements (their tail unchanged) but the writes' tail 5x, and the requests wait on their writes: the duty is
+    cut, and the reason names the statements."""
+    pacer = Pacer(None)
+    pacer.duty, pacer.chunk_scale = 0.5, pace.ACTIVE_CHUNK_SCALE
+    t, writes = time.monotonic(), 0
+
+    def sample(slowed: bool) -> None:
+        nonlocal t, writes
+        writes += 1
+        write_ms = 5.0 if slowed and writes % 40 == 0 else 1.0
+        ended = [(t - 0.0003, t, "select"), (t - 0.0003, t, "select"), (t - write_ms / 1000, t, "with")]
+        pacer.observe(ended, 1, 0, now=t)
+        t += pace.SAMPLE_EVERY
+
+    for _ in range(int(4.0 / pace.SAMPLE_EVERY)):  # no chunks: every statement rests
+        sample(slowed=False)
+    before = pacer.duty
+    assert "unaffected" in pacer.reason
+    pacer.chunk(t, t + 3.5)
+    for _ in range(int(3.5 / pace.SAMPLE_EVERY)):
+        sample(slowed=True)
+    assert pacer.duty < before, pacer.describe()
+    assert "application slower" in pacer.reason
+    assert "WITH statements" in pacer.reason
+
+
+@pytest.mark.unit
+def test_a_statement_seen_running_counts_even_when_its_end_is_never_seen() -> None:
+    """A write seen running in two samples, its backend then seen idle after a later read: the write counts with at
+    least the time it was seen running, and its kind; a statement seen running and then idle counts once."""
+    pacer = Pacer(None)
+    ended: list[tuple[float, float, str]] = []
+    pacer._sighted(7, True, "t1", 0.004, "with", 100.0, ended)
+    pacer._sighted(7, True, "t1", 0.029, "with", 100.025, ended)
+    assert ended == []
+    pacer._sighted(7, False, "t2", 0.010, "select", 100.050, ended)  # went on to a read, now idle
+    assert ended == [(pytest.approx(99.996), 100.025, "with")]
+    pacer._sighted(8, True, "t3", 0.001, "update", 100.0, ended)
+    pacer._sighted(8, False, "t3", 0.020, "update", 100.025, ended)  # seen ending: the sampler counts it itself
+    assert len(ended) == 1
+
+
+@pytest.mark.unit
 def test_pacer_starts_slow_again_when_the_application_starts_working_after_an_idle_spell() -> None:
     """Full speed while nothing else runs; the first second the application works, the duty drops to the slow
     start and chunks turn short, before any comparison of tails."""
@@ -67,7 +112,7 @@ def test_pacer_starts_slow_again_when_the_application_starts_working_after_an_id
     assert pacer.duty == 1.0, pacer.describe()
     assert pacer.chunk_scale == 1.0
     for _ in range(int(1.2 / pace.SAMPLE_EVERY)):
-        pacer.observe([(t - 0.001, t)], 1, 0, now=t)
+        pacer.observe([(t - 0.001, t, "select")], 1, 0, now=t)
         t += pace.SAMPLE_EVERY
     assert pacer.duty <= pace.INITIAL_DUTY, pacer.describe()
     assert pacer.chunk_scale == pace.ACTIVE_CHUNK_SCALE

@@ -273,7 +273,11 @@ def _set_paused(app: App, paused: bool) -> None:
 @click.option("--junit", type=click.Path(dir_okay=False), help="Write JUnit XML (one testcase per check).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the full report as JSON.")
 @click.option("--accept-quarantine", is_flag=True, help="Let quarantined rows pass (audited; they stay in legacy).")
-@click.option("--chunk-rows", type=click.IntRange(min=100), help="Keys per compared chunk.")
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=100),
+    help="Keys per compared chunk (default 2,000: short bursts the pace rests between; 50,000 with --full-speed).",
+)
 @click.option("--workers", type=click.IntRange(min=1), help="Chunks compared at once (default 2).")
 @click.option("--max-rows-per-second", type=finite(min=1), help="Throttle the reads (leaves CPU to the application).")
 @long_job
@@ -308,7 +312,7 @@ def validate(
         junit=Path(junit) if junit else None,
         report=Path(report) if report else None,
         accept_quarantine=accept_quarantine,
-        chunk_rows=chunk_rows or defaults.chunk_rows,
+        chunk_rows=chunk_rows,
         workers=workers or defaults.workers,
         max_rows_per_second=max_rows_per_second,
         full_speed=full_speed,

@@ -23,7 +23,7 @@ from migrator.verify.checks import SQL_CHECKS
 from migrator.verify.queries import Queries, Scope
 from migrator.verify.reports import write_json, write_junit
 from migrator.verify.result import ValidationFailed, ValidationResult
-from migrator.verify.runner import DEFAULT_CHUNK_ROWS, DEFAULT_WORKERS, STATEMENT_TIMEOUT, run_validation
+from migrator.verify.runner import DEFAULT_WORKERS, STATEMENT_TIMEOUT, run_validation
 
 # Validation is read-only, so it may run as the guard of every later phase; `apply` moves the state only from
 # backfilled. In dual_write the backfill may not be done, and after contract there is no legacy table to compare.
@@ -37,7 +37,7 @@ class Options:
     junit: Path | None = None
     report: Path | None = None
     accept_quarantine: bool = False
-    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    chunk_rows: int | None = None  # None: PACED_CHUNK_ROWS, or DEFAULT_CHUNK_ROWS with full_speed
     workers: int = DEFAULT_WORKERS
     max_rows_per_second: float | None = None
     # Off: the reads pace themselves by the application's load (engine/pace.py); on: as fast as the server goes.

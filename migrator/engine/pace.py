@@ -55,8 +55,11 @@ MIN_RESTING = 20  # statements clear of the chunks in REFERENCE before the tails
 # Statements of one kind (their first keyword: select, update, with, commit...) in RECENT before that kind's tail is
 # compared on its own. A request runs several statements and waits on the slowest: in zero_downtime's mix of two
 # reads and a write, a copy slowed 3% of the requests — the writes' tail — but only 1% of all statements, so the
-# tail of all statements stayed within SLOWER while the requests' p99 was 2.5x (session 10).
-MIN_KIND_STATEMENTS = 30
+# tail of all statements stayed within SLOWER while the requests' p99 was 2.5x (session 10). Few: the writes in the
+# middle of a request are only seen while running (see _sighted), 3-8 a second at 200 requests/s; at 30 the writes'
+# tail was never judged and a rollback's reverse copy ran at 10-14% duty with the requests' p99 at 2.9x (one run);
+# at 10, 2-5% duty and 1.66-1.73x (session 11).
+MIN_KIND_STATEMENTS = 10
 # A slow start: until the first decision the job assumes the application is at work (short chunks, a low duty), and
 # whenever the application starts working after an idle spell the duty starts from here again; it then rises by
 # INCREASE a second for as long as the application is unaffected. Starting at 50% cost more than the rest of a

@@ -2,7 +2,8 @@
 
 The signal is the application's own statement latency, read from pg_stat_activity: a backend that has gone idle
 still shows when its last statement started (query_start) and ended (state_change), so a sampler thread that reads
-the view often sees nearly every statement the application's backends complete, when it ran and how long it took.
+the view often sees the last statement of each of the application's requests, when it ran and how long it took;
+the statements before it (the write between two reads) it sees only while they run, and counts them by that.
 The pacer knows when each chunk ran, so it knows which statements ran clear of every chunk (and of the moments
 after one, when the next commits flush the chunk's WAL): those give the application's resting latency. Once a
 second the controller compares the tail of the application's recent statements with the resting tail, for all of

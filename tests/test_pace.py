@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from migrator.db import Database
 from migrator.engine import pace
@@ -179,3 +182,33 @@ def test_backfill_reports_its_pace_and_full_speed_turns_it_off(db: Database, dat
     paces = [e["pace"] for e in map(json.loads, r.stdout.splitlines()) if e.get("event") == "progress"]
     assert paces
     assert set(paces) == {"duty 100%: full speed (--full-speed)"}
+
+
+@pytest.mark.db
+def test_pacer_blind_to_other_roles_sessions_keeps_to_the_slow_start(db: Database, database_url: str) -> None:
+    """Sampling as a role that may not see another role's statements (no pg_read_all_stats), the pacer does not take
+    the busy application for an idle server: it holds the slow start and names the grant that fixes it."""
+    role = f"blind_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'blind-pw'").format(sql.Identifier(role)))
+    stop = threading.Event()
+
+    def application() -> None:
+        with psycopg.connect(database_url, autocommit=True, application_name="app") as app:
+            while not stop.is_set():
+                app.execute("SELECT pg_catalog.pg_sleep(0.005)")
+
+    busy = threading.Thread(target=application, daemon=True)
+    busy.start()
+    url = make_conninfo(database_url, user=role, password="blind-pw")
+    try:
+        with Pacer(lambda: psycopg.connect(url, autocommit=True, application_name="migrator")) as pacer:
+            assert wait_until(lambda: pacer.decisions >= 2, timeout=10.0) is not None, pacer.describe()
+            assert pacer.duty <= pace.INITIAL_DUTY, pacer.describe()
+            assert pacer.chunk_scale == pace.ACTIVE_CHUNK_SCALE
+            assert "pg_read_all_stats" in pacer.reason
+    finally:
+        stop.set()
+        busy.join(5)
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

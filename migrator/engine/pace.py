@@ -87,7 +87,8 @@ RECHECK = 0.05  # a resting worker looks this often whether the pace went to ful
 
 # One row per client backend of this database that is not migrator's (nor this sampler): whether it is running a
 # statement, the start and duration of its last statement and how long ago it ended if it is idle, whether it
-# waits on one of our locks, and the statement's first keyword.
+# waits on one of our locks, the statement's first keyword, and whether the row is hidden from this role (state, times
+# and query of other roles' sessions need pg_read_all_stats).
 SAMPLE_SQL = (
     "SELECT a.pid, a.state = 'active', extract(epoch FROM a.query_start),"
     "       CASE WHEN a.state IN ('idle', 'idle in transaction')"
@@ -97,9 +98,10 @@ SAMPLE_SQL = (
     "          WHERE t.pid = ANY (pg_catalog.pg_blocking_pids(a.pid))"
     "            AND t.application_name LIKE 'migrator%%') ELSE false END,"
     "       extract(epoch FROM pg_catalog.clock_timestamp() - a.state_change),"
-    "       pg_catalog.lower(pg_catalog.substring(a.query, '^\\s*([A-Za-z]+)'))"
+    "       pg_catalog.lower(pg_catalog.substring(a.query, '^\\s*([A-Za-z]+)')), a.state IS NULL"
     "  FROM pg_catalog.pg_stat_activity a"
-    " WHERE a.backend_type = 'client backend' AND a.pid <> pg_catalog.pg_backend_pid()"
+    # (A session hidden from this role shows no backend_type either: it is kept, and counted as hidden.)
+    " WHERE coalesce(a.backend_type, 'client backend') = 'client backend' AND a.pid <> pg_catalog.pg_backend_pid()"
     "   AND a.datname = pg_catalog.current_database()"
     "   AND coalesce(a.application_name, '') NOT LIKE 'migrator%%'"
 )
@@ -139,6 +141,7 @@ class Pacer:
         self._running_seen: dict[int, tuple[Any, float, float, str]] = {}
         self._active = 0  # samples since the last decision with an application statement running
         self._blocked = 0  # samples since the last decision with a backend waiting on our locks
+        self._hidden = 0  # most sessions of other roles a sample since the last decision could not look into
         self._decided = time.monotonic() - (WINDOW - FIRST_WINDOW)
         self._probe_due = False
         self._cut_at = float("-inf")  # when the duty was last cut for a slower application
@@ -220,7 +223,7 @@ class Pacer:
                     return
                 now = time.monotonic()
                 ended: list[tuple[float, float, str]] = []
-                for pid, running, started, took, _waits, ago, kind in rows:
+                for pid, running, started, took, _waits, ago, kind, _hidden in rows:
                     # A backend seen for the first time may have gone idle long ago: only what ends from now counts.
                     if took is not None and started is not None and seen.setdefault(pid, started) != started:
                         seen[pid] = started
@@ -228,7 +231,8 @@ class Pacer:
                         end = now - max(0.0, float(ago or 0.0))
                         ended.append((end - float(took), end, kind or ""))
                     self._sighted(pid, bool(running), started, float(ago or 0.0), kind or "", now, ended)
-                self.observe(ended, sum(1 for r in rows if r[1]), sum(1 for r in rows if r[4]), now)
+                active, blocked, hidden = (sum(1 for r in rows if r[i]) for i in (1, 4, 7))
+                self.observe(ended, active, blocked, now, hidden=hidden)
 
     def _sighted(
         self, pid: int, running: bool, started: Any, age: float, kind: str, now: float, ended: list[Any]
@@ -246,11 +250,16 @@ class Pacer:
             self._running_seen[pid] = (started, first, now, kind)
 
     def observe(
-        self, ended: Sequence[tuple[float, float, str]], active: int, blocked: int, now: float | None = None
+        self,
+        ended: Sequence[tuple[float, float, str]],
+        active: int,
+        blocked: int,
+        now: float | None = None,
+        hidden: int = 0,
     ) -> None:
         """One sample: the application's statements that ended since the last one ((start, end, kind), monotonic
-        seconds and the first keyword), its statements running now, its backends waiting on our locks. Decides once
-        a window has passed."""
+        seconds and the first keyword), its statements running now, its backends waiting on our locks, the sessions
+        this role may not look into. Decides once a window has passed."""
         now = time.monotonic() if now is None else now
         with self._lock:
             for start, end, kind in ended:
@@ -261,10 +270,11 @@ class Pacer:
                 self._chunks.popleft()
             self._active += active > 0
             self._blocked += blocked
+            self._hidden = max(self._hidden, hidden)
             if now - self._decided < WINDOW:
                 return
             self._decide(now)
-            self._decided, self._active, self._blocked = now, 0, 0
+            self._decided, self._active, self._blocked, self._hidden = now, 0, 0, 0
 
     def _clear(self, start: float, end: float) -> bool:
         """Whether a statement ran clear of every chunk (and of the GRACE after each)."""
@@ -291,6 +301,14 @@ class Pacer:
             self.chunk_scale = ACTIVE_CHUNK_SCALE
             self.duty = max(MIN_DUTY, self.duty * DECREASE)
             self.reason = f"application sessions waited on the job's locks ({self._blocked} samples)"
+        elif idle and self._hidden:
+            # Sessions whose statements this role may not see are no proof that nobody works: blind, the job keeps
+            # to the slow start rather than run flat out next to an application it cannot measure.
+            self.duty, self.chunk_scale = min(self.duty, INITIAL_DUTY), ACTIVE_CHUNK_SCALE
+            self.reason = (
+                f"cannot see the statements of {self._hidden} session(s) of other roles (GRANT pg_read_all_stats "
+                "to the migration role); held at the slow start"
+            )
         elif idle:
             # Hardly anything runs besides us (a few statements a second at most): nobody to slow down.
             self.duty, self.chunk_scale = 1.0, 1.0

@@ -158,6 +158,36 @@ def test_an_unreadable_signal_fails_closed_unless_told_otherwise(
     assert any("cannot be read" in s and "--health-fail-open" in s for s in reporter.steps)
 
 
+@pytest.mark.db
+def test_sessions_hidden_from_the_role_make_the_old_transaction_signal_unreadable(
+    expanded: Database, database_url: str
+) -> None:
+    """A role without pg_read_all_stats cannot see another role's transaction ages: the signal counts as red and
+    its warning names the grant; granted, the same session reads green; fail-open lets the blind role go on."""
+    role = f"blind_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(psycopg.sql.Identifier(role)))
+    other = psycopg.connect(database_url, autocommit=True)  # the superuser's session: hidden from the role
+    url = psycopg.conninfo.make_conninfo(database_url, user=role, password="pw")
+    try:
+        warnings: list[str] = []
+        with psycopg.connect(url, autocommit=True) as blind:
+            red = health.Health(["public.core_project"], Limits(), on_change=warnings.append).red(blind)
+            assert "old_transaction" in [r.signal for r in red]
+            assert any("pg_read_all_stats" in w for w in warnings), warnings
+            opened = health.Health(["public.core_project"], Limits(fail_open=True)).red(blind)
+            assert "old_transaction" not in [r.signal for r in opened]
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(psycopg.sql.SQL("GRANT pg_read_all_stats TO {}").format(psycopg.sql.Identifier(role)))
+        with psycopg.connect(url, autocommit=True) as seeing:
+            red = health.Health(["public.core_project"], Limits()).red(seeing)
+            assert "old_transaction" not in [r.signal for r in red]
+    finally:
+        other.close()
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(psycopg.sql.SQL("DROP ROLE IF EXISTS {}").format(psycopg.sql.Identifier(role)))
+
+
 # -- the limits as options of every long job -------------------------------------------------------------------
 
 

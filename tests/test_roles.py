@@ -61,6 +61,8 @@ def roles(database_url: str) -> Iterator[Roles]:
             c.execute(sql.SQL("ALTER TABLE public.{} OWNER TO {}").format(sql.Identifier(table), mig))
         c.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(sql.Identifier(dbname), mig))
         c.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(mig))
+        # The long jobs' health signals and pace read the application's sessions (README: the migration role).
+        c.execute(sql.SQL("GRANT pg_read_all_stats TO {}").format(mig))
         c.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON public.core_project TO {}").format(app))
         c.execute(sql.SQL("GRANT SELECT ON public.auth_user TO {}").format(app))
     try:

@@ -4,7 +4,7 @@ chose to fail open.
 
 Signals and their defaults (each a field of `Limits`, each an option of the long jobs):
 - transactions older than `max_transaction_age` seconds (default 300): they hold back vacuum's horizon, and the
-  copy's dead tuples then pile up;
+  copy's dead tuples then pile up (sessions of this database hidden from the role make it unreadable);
 - replication: every slot's retained WAL and every standby's replay lag, in bytes (`max_lag_bytes`, 1 GiB) and
   seconds (`max_lag_seconds`, 30 s);
 - (auto)vacuum running on a table the job writes or reads: it yields to it;
@@ -46,17 +46,32 @@ class Reading:
     measures: dict[str, float] = field(default_factory=dict)
 
 
+class Unreadable(Exception):
+    """A signal read without error but without the data it needs (e.g. sessions hidden from the role)."""
+
+
 def _old_transaction(conn: psycopg.Connection[Any], limits: Limits, _tables: Sequence[str]) -> Reading:
+    # A session of another role shows no backend_type, state or xact_start to a role without pg_read_all_stats: its
+    # transaction's age cannot be read, and silence is no proof that it is young.
     row = conn.execute(
-        "SELECT count(*), coalesce(max(extract(epoch FROM now() - xact_start)), 0), "
-        "       (array_agg(pid ORDER BY xact_start))[1] "
-        "  FROM pg_catalog.pg_stat_activity "
-        " WHERE xact_start < now() - make_interval(secs => %s) AND pid <> pg_catalog.pg_backend_pid() "
-        "   AND backend_type = 'client backend' AND coalesce(application_name, '') NOT LIKE 'migrator%%'",
+        "SELECT count(*) FILTER (WHERE old), coalesce(max(age) FILTER (WHERE old), 0), "
+        "       (array_agg(pid ORDER BY age DESC) FILTER (WHERE old))[1], "
+        "       count(*) FILTER (WHERE backend_type IS NULL AND datname = pg_catalog.current_database()) "
+        "  FROM (SELECT pid, datname, backend_type, extract(epoch FROM now() - xact_start) AS age, "
+        "               xact_start < now() - make_interval(secs => %s) AS old "
+        "          FROM pg_catalog.pg_stat_activity "
+        "         WHERE pid <> pg_catalog.pg_backend_pid() "
+        "           AND coalesce(backend_type, 'client backend') = 'client backend' "
+        "           AND coalesce(application_name, '') NOT LIKE 'migrator%%') AS a",
         [limits.max_transaction_age],
     ).fetchone()
     assert row is not None
-    count, oldest, pid = row
+    count, oldest, pid, hidden = row
+    if hidden and not count:
+        raise Unreadable(
+            f"{hidden} session(s) of other roles are hidden from this role "
+            "(GRANT pg_read_all_stats TO the migration role)"
+        )
     if count:
         return Reading(
             "old_transaction",
@@ -167,7 +182,7 @@ class Health:
         try:
             with conn.transaction():
                 return signal(conn, self.limits, self.tables)
-        except psycopg.Error as exc:
+        except (psycopg.Error, Unreadable) as exc:
             if name not in self._warned:
                 self._warned.add(name)
                 what = "ignored (--health-fail-open)" if self.limits.fail_open else "counted as red (fail closed)"

@@ -46,23 +46,27 @@ class Reading:
     measures: dict[str, float] = field(default_factory=dict)
 
 
+# A session of another role, to a role without pg_read_all_stats: no state, times or query text (the same test as
+# sql/doctor_sessions.sql; usesysid leaves out autovacuum's workers, which have no role). For pg_stat_activity AS a.
+HIDDEN_SESSION = "(a.query = '<insufficient privilege>' AND a.usesysid IS NOT NULL)"
+
+
 class Unreadable(Exception):
     """A signal read without error but without the data it needs (e.g. sessions hidden from the role)."""
 
 
 def _old_transaction(conn: psycopg.Connection[Any], limits: Limits, _tables: Sequence[str]) -> Reading:
-    # A session of another role shows no backend_type, state or xact_start to a role without pg_read_all_stats: its
-    # transaction's age cannot be read, and silence is no proof that it is young.
+    # A hidden session's transaction age cannot be read, and silence is no proof that it is young.
     row = conn.execute(
         "SELECT count(*) FILTER (WHERE old), coalesce(max(age) FILTER (WHERE old), 0), "
         "       (array_agg(pid ORDER BY age DESC) FILTER (WHERE old))[1], "
-        "       count(*) FILTER (WHERE backend_type IS NULL AND datname = pg_catalog.current_database()) "
-        "  FROM (SELECT pid, datname, backend_type, extract(epoch FROM now() - xact_start) AS age, "
-        "               xact_start < now() - make_interval(secs => %s) AS old "
-        "          FROM pg_catalog.pg_stat_activity "
+        "       count(*) FILTER (WHERE hidden AND datname = pg_catalog.current_database()) "
+        "  FROM (SELECT pid, datname, extract(epoch FROM now() - xact_start) AS age, "
+        "               xact_start < now() - make_interval(secs => %s) AS old, " + HIDDEN_SESSION + " AS hidden "
+        "          FROM pg_catalog.pg_stat_activity AS a "
         "         WHERE pid <> pg_catalog.pg_backend_pid() "
-        "           AND coalesce(backend_type, 'client backend') = 'client backend' "
-        "           AND coalesce(application_name, '') NOT LIKE 'migrator%%') AS a",
+        "           AND (backend_type = 'client backend' OR " + HIDDEN_SESSION + ") "
+        "           AND coalesce(application_name, '') NOT LIKE 'migrator%%') AS s",
         [limits.max_transaction_age],
     ).fetchone()
     assert row is not None

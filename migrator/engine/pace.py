@@ -41,6 +41,8 @@ from typing import Any
 
 import psycopg
 
+from migrator.engine.health import HIDDEN_SESSION
+
 log = logging.getLogger(__name__)
 
 SAMPLE_EVERY = 0.025  # seconds between two pg_stat_activity samples
@@ -98,10 +100,11 @@ SAMPLE_SQL = (
     "          WHERE t.pid = ANY (pg_catalog.pg_blocking_pids(a.pid))"
     "            AND t.application_name LIKE 'migrator%%') ELSE false END,"
     "       extract(epoch FROM pg_catalog.clock_timestamp() - a.state_change),"
-    "       pg_catalog.lower(pg_catalog.substring(a.query, '^\\s*([A-Za-z]+)')), a.state IS NULL"
-    "  FROM pg_catalog.pg_stat_activity a"
+    "       pg_catalog.lower(pg_catalog.substring(a.query, '^\\s*([A-Za-z]+)')), "
+    + HIDDEN_SESSION
+    + "  FROM pg_catalog.pg_stat_activity a"
     # (A session hidden from this role shows no backend_type either: it is kept, and counted as hidden.)
-    " WHERE coalesce(a.backend_type, 'client backend') = 'client backend' AND a.pid <> pg_catalog.pg_backend_pid()"
+    " WHERE (a.backend_type = 'client backend' OR " + HIDDEN_SESSION + ") AND a.pid <> pg_catalog.pg_backend_pid()"
     "   AND a.datname = pg_catalog.current_database()"
     "   AND coalesce(a.application_name, '') NOT LIKE 'migrator%%'"
 )

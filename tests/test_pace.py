@@ -3,6 +3,7 @@ busier while the job works, short chunks while the application is at work."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -212,3 +213,36 @@ def test_pacer_blind_to_other_roles_sessions_keeps_to_the_slow_start(db: Databas
         busy.join(5)
         with psycopg.connect(database_url, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def _spans_of_two_workers(pacer: Pacer) -> list[tuple[float, float]]:
+    """Two threads each run three 30 ms chunks through `pacer.working()`; the (start, end) of every chunk."""
+    spans: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(3):
+            with pacer.working():
+                start = time.monotonic()
+                time.sleep(0.03)
+                with lock:
+                    spans.append((start, time.monotonic()))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return sorted(spans)
+
+
+@pytest.mark.unit
+def test_while_the_application_works_the_workers_chunks_run_one_at_a_time() -> None:
+    """Paced for a working application, two workers' chunks never overlap (two at once held both cores of a
+    2-core box); at full speed they do."""
+    pacer = Pacer(None)
+    pacer.chunk_scale = pace.ACTIVE_CHUNK_SCALE
+    spans = _spans_of_two_workers(pacer)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    full = _spans_of_two_workers(Pacer(None))
+    assert any(a[1] > b[0] for a, b in itertools.pairwise(full))

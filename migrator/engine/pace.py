@@ -17,7 +17,7 @@ some chunk, and a comparison of statements during and between chunks found them 
 (session 9). When too few statements ran clear of the chunks, a worker rests long enough for some to (a probe).
 
 The duty cycle is the share of wall time the job works: after a chunk of t seconds a worker rests
-t * (1 - duty) / duty. While the application is at work, chunks are also short (a tenth of --chunk-time): at the
+t * (1 - duty) / duty. While the application is at work, chunks are also short (a twentieth of --chunk-time): at the
 same rows per second, the application's tail grows with the size of each chunk's burst of WAL and I/O, whatever
 the chunk locks (bench/chunk_cost.py: 2,000 rows/s in chunks of 1,000 rows cost a steady writer's p99 2.1-2.8x,
 even into tables the application never touches, and in chunks of 100 rows 1.2-1.4x; taking the chunk's row
@@ -83,7 +83,11 @@ DECREASE = 0.7
 # is given: at 1.3 the writer's p99 was 1.84x its baseline (median of 3 runs), at 1.2 1.49x (session 10).
 TAIL = 0.99
 SLOWER = 1.2
-ACTIVE_CHUNK_SCALE = 0.1  # while the application is at work: 10 ms chunks
+# While the application is at work: 5 ms chunks. A request that overlaps a chunk is the one slowed (backfill alone,
+# 100k rows, session 12: of the requests that overlapped a chunk 17% were slow at 10 ms chunks, 9% at 5 ms; the
+# others 1.2-1.7% and 0.7-1.3%), and the pace rides its edge, so shorter chunks let the job work more for the same
+# tail. 2 ms chunks paid a commit per hundred rows: the backfill took 10x as long for about the same tail.
+ACTIVE_CHUNK_SCALE = 0.05
 PROBE_REST = 0.3  # seconds a worker rests when too few statements ran clear of the chunks
 RECHECK = 0.05  # a resting worker looks this often whether the pace went to full speed
 
@@ -134,6 +138,7 @@ class Pacer:
         self.chunk_scale = ACTIVE_CHUNK_SCALE if connect is not None else 1.0
         self.reason = "starting" if connect is not None else "full speed (--full-speed)"
         self._lock = threading.Lock()
+        self._one_at_a_time = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._running: dict[int, float] = {}  # chunk in flight -> its start (monotonic)
@@ -155,16 +160,19 @@ class Pacer:
 
     @contextlib.contextmanager
     def working(self) -> Iterator[None]:
-        started = time.monotonic()
-        with self._lock:
-            key = next(self._keys)
-            self._running[key] = started
-        try:
-            yield
-        finally:
+        # While the application is at work, one chunk at a time across the job's workers: two at once (validate's
+        # two workers) held both cores of a 2-core box, and a request that came then waited for one.
+        with self._one_at_a_time if self.chunk_scale < 1.0 else contextlib.nullcontext():
+            started = time.monotonic()
             with self._lock:
-                del self._running[key]
-                self._chunks.append((started, time.monotonic()))
+                key = next(self._keys)
+                self._running[key] = started
+            try:
+                yield
+            finally:
+                with self._lock:
+                    del self._running[key]
+                    self._chunks.append((started, time.monotonic()))
 
     def chunk(self, start: float, end: float) -> None:
         """Record a chunk that ran from `start` to `end` (monotonic seconds); `working()` does it for real ones."""

@@ -147,20 +147,21 @@ def main() -> None:
                     time.sleep(3)
                     spans.append((name, load.window(job)))
                     after()
+        threshold = 1.5 * load.between(base)["p99_ms"]
+        print(f"job {args.job}, {args.rows:,} rows; slow = over {threshold:.2f} ms (1.5x the baseline's p99)")
+        totals: dict[str, list[float]] = {}
+        for name, span in spans:
+            txs = load.between(span)["_tx"]
+            slow = sum(1 for _, lat in txs if lat > threshold)
+            over3 = sum(1 for _, lat in txs if lat > 3.0)
+            t = totals.setdefault(name, [0, 0, 0, 0.0])
+            t[0], t[1], t[2], t[3] = t[0] + len(txs), t[1] + slow, t[2] + over3, t[3] + span[1] - span[0]
+            print(f"  {name}: {span[1] - span[0]:6.1f} s, {len(txs):6d} requests, slow {slow / max(len(txs), 1):.2%}")
+        for name, (n, slow, over3, seconds) in totals.items():
+            share, share3 = slow / max(n, 1), over3 / max(n, 1)
+            print(f"{name}: {seconds:.0f} s in all, slow {share:.2%} of {n:.0f} requests (over 3 ms {share3:.2%})")
+
         db.dispose()
-    threshold = 1.5 * load.between(base)["p99_ms"]
-    print(f"job {args.job}, {args.rows:,} rows; slow = over {threshold:.2f} ms (1.5x the baseline's p99)")
-    totals: dict[str, list[float]] = {}
-    for name, span in spans:
-        txs = load.between(span)["_tx"]
-        slow = sum(1 for _, lat in txs if lat > threshold)
-        over3 = sum(1 for _, lat in txs if lat > 3.0)
-        t = totals.setdefault(name, [0, 0, 0, 0.0])
-        t[0], t[1], t[2], t[3] = t[0] + len(txs), t[1] + slow, t[2] + over3, t[3] + span[1] - span[0]
-        print(f"  {name}: {span[1] - span[0]:6.1f} s, {len(txs):6d} requests, slow {slow / max(len(txs), 1):.2%}")
-    for name, (n, slow, over3, seconds) in totals.items():
-        share, share3 = slow / max(n, 1), over3 / max(n, 1)
-        print(f"{name}: {seconds:.0f} s in all, slow {share:.2%} of {n:.0f} requests (over 3 ms {share3:.2%})")
 
 
 if __name__ == "__main__":

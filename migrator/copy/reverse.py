@@ -37,9 +37,10 @@ from migrator.sqlgen.ddl import legacy_before_triggers
 # waits that long.
 REVERSE_CHUNK_TIME = 0.02
 # While the application works, the pace's short chunks (engine/pace.py): 5 ms, as the forward copy's. Of the
-# requests that overlapped a chunk, 20% were slow at 10 ms and 8% at 5 ms, and the rollback ended sooner at the same
-# tail (the pace let it work more; session 12). 2 ms (a few rows) paid a commit per handful of rows, and each
-# commit slows the application's about as much as a 100-row one (docs/BENCHMARKS.md, session 10).
+# requests that overlapped a chunk, 20% were slow at 10 ms and 8% at 5 ms; in an interleaved A/B (bench/pace_ab.py,
+# session 12) 1.28% of all requests were slow against 1.99%, the copy taking about a quarter longer. 2 ms (a few
+# rows) paid a commit per handful of rows, and each commit slows the application's about as much as a 100-row one
+# (docs/BENCHMARKS.md, session 10).
 REVERSE_ACTIVE_CHUNK_TIME = 0.005
 # The passes have no retry loop (a chunk that gives up fails the whole rollback), so a chunk waits out the
 # application's short transactions on its rows rather than giving up at the first one; still bounded, so a session

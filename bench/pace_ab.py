@@ -25,19 +25,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import zero_downtime as zd
 from common import find_pgbench, scratch_database
 
-from migrator import guards, operations, state
+from migrator import guards, operations
 from migrator.copy import reverse
 from migrator.db import Database
 from migrator.engine import pace
-from migrator.engine.actions import run_actions
 from migrator.engine.context import Context, NullReporter
 from migrator.phases import backfill, contract, switch_reads, validate
 from migrator.phases.backfill import Backfill
@@ -47,7 +44,6 @@ from migrator.phases.expand import Expand
 from migrator.phases.switch_reads import SwitchReads
 from migrator.phases.switch_writes import SwitchWrites
 from migrator.phases.validate import Validate
-from migrator.seed import seed
 from migrator.spec import load_spec
 from migrator.verify import runner
 
@@ -90,20 +86,8 @@ def main() -> None:
     spec = load_spec()
     with scratch_database(args.dsn, "bench_ab") as dsn, tempfile.TemporaryDirectory() as tmp:
         logdir = Path(tmp)
-        script = logdir / "app.sql"
-        script.write_text(zd.SCRIPT)
-        with psycopg.connect(dsn) as conn:
-            seed(conn, args.rows, dirty_ratio=0.0, random_seed=1)
+        script, maxid = zd.prepare(dsn, spec, args.rows, logdir)
         db = Database(dsn)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(
-                "CREATE TABLE bench_ledger (seq bigserial PRIMARY KEY, pid bigint NOT NULL, op text NOT NULL,"
-                " name text, ptype text)"
-            )
-            run_actions(conn, [state.schema_action(spec)])
-            maxid = int(conn.execute("SELECT max(id) FROM core_project").fetchone()[0])  # type: ignore[index]
-            conn.execute("VACUUM (ANALYZE) core_project")
-            conn.execute("CHECKPOINT")
         ctx = Context(spec, db, reporter=NullReporter())
         fast_contract = Contract(contract.Options(quiet_period=1.0, wait=60))
 

@@ -288,6 +288,26 @@ def run_lifecycle(spec: Spec, db: Database, log: list[dict[str, Any]], args: arg
         log.append({"step": name, "seconds": round(time.monotonic() - t0, 3), "start": start, "end": time.time()})
 
 
+def prepare(dsn: str, spec: Spec, rows: int, logdir: Path) -> tuple[Path, int]:
+    """A seeded, settled legacy table, the ledger, migrator's state schema and pgbench's script in logdir: the
+    script's path and the largest id."""
+    script = logdir / "app.sql"
+    script.write_text(SCRIPT)
+    with psycopg.connect(dsn) as conn:
+        seed(conn, rows, dirty_ratio=0.0, random_seed=1)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE bench_ledger (seq bigserial PRIMARY KEY, pid bigint NOT NULL, op text NOT NULL,"
+            " name text, ptype text)"
+        )
+        run_actions(conn, [state.schema_action(spec)])  # flag_state() exists before the migration starts
+        maxid = int(conn.execute("SELECT max(id) FROM core_project").fetchone()[0])  # type: ignore[index]
+        # A settled table, so that autovacuum's first pass over the seeded rows does not land in a phase.
+        conn.execute("VACUUM (ANALYZE) core_project")
+        conn.execute("CHECKPOINT")
+    return script, maxid
+
+
 LEDGER_CHECK = """
 WITH last AS (
     SELECT DISTINCT ON (pid) pid, op, name, ptype FROM bench_ledger ORDER BY pid, seq DESC
@@ -328,21 +348,8 @@ def main() -> None:
     spec = load_spec()
     with scratch_database(args.dsn, "bench_zd") as dsn, tempfile.TemporaryDirectory() as tmp:
         logdir = Path(tmp)
-        script = logdir / "app.sql"
-        script.write_text(SCRIPT)
-        with psycopg.connect(dsn) as conn:
-            seed(conn, args.rows, dirty_ratio=0.0, random_seed=1)
+        script, maxid = prepare(dsn, spec, args.rows, logdir)
         db = Database(dsn)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(
-                "CREATE TABLE bench_ledger (seq bigserial PRIMARY KEY, pid bigint NOT NULL, op text NOT NULL,"
-                " name text, ptype text)"
-            )
-            run_actions(conn, [state.schema_action(spec)])  # flag_state() exists before the migration starts
-            maxid = int(conn.execute("SELECT max(id) FROM core_project").fetchone()[0])  # type: ignore[index]
-            # A settled table, so that autovacuum's first pass over the seeded rows does not land in a phase.
-            conn.execute("VACUUM (ANALYZE) core_project")
-            conn.execute("CHECKPOINT")
 
         # (a) baseline, then (b) the whole lifecycle, under one load
         steps: list[dict[str, Any]] = []

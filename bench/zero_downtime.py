@@ -1,16 +1,20 @@
-"""Zero downtime, measured with an independent load generator (pgbench), two runs back to back:
+"""Zero downtime, measured with an independent load generator (pgbench), three windows back to back:
 
   (a) baseline: the application's mix of writes and reads at a fixed rate, no migration;
   (b) the same load while migrator runs the whole lifecycle — expand, backfill, validate, switch-reads,
-      switch-writes, contract — with a rollback from each state and a re-advance.
+      switch-writes, contract — with a rollback from each state and a re-advance;
+  (c) the same load on the new schema (contracted: no job, no trigger of migrator's): the application's own
+      queries on the split tables, the baseline of its requests that ran while the flag said contracted.
 
 The pgbench script follows the flags like an application: it asks migrator.flag_state() each transaction and
 writes the legacy table until write_new, the split tables after; it reads the split tables from read_new on.
 Every write is also recorded in a ledger table in the same transaction, so at the end every row pgbench wrote
 can be checked: present and equal (or absent, if its last write was a delete) — 0 lost, 0 zombies.
 
-Prints failed transactions, p50/p99/max latency of (a) and (b) and the p99 ratio, the longest lock wait any
-pgbench statement was seen in, and the ledger check.
+Prints failed transactions, p50/p99/max latency of (a), (b) and (c), the p99 ratio (b)/(a), the p99 ratio with each
+transaction against its own code path's baseline ((c) for those that started in contracted — the rollback from
+contracted runs while the application is on its new schema — (a) for the rest), the longest lock wait any pgbench
+statement was seen in, and the ledger check.
 
     python bench/zero_downtime.py --rows 200000
 """
@@ -181,18 +185,26 @@ def public(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if not k.startswith("_")}
 
 
-def slow_by_step(txs: list[tuple[float, float]], steps: list[dict[str, Any]], over_ms: float) -> dict[str, Any]:
+def slow_by_step(
+    txs: list[tuple[float, float]],
+    steps: list[dict[str, Any]],
+    over_ms: float,
+    own_over: Callable[[float, float], float],
+) -> dict[str, Any]:
     """Where the tail comes from: per lifecycle step, the transactions slower than over_ms that ended during it
-    (or in the gap before the next step), their p99 and the slowest."""
+    (or in the gap before the next step), those slower than 1.5x their own code path's baseline p99 (`own_over`:
+    that p99, given a transaction's end and latency), their p99 and the slowest."""
     out: dict[str, Any] = {}
     for i, st in enumerate(steps):
         end = steps[i + 1]["start"] if i + 1 < len(steps) else st["end"]
         lats = [lat for t, lat in txs if st["start"] <= t < end]
         slow = [lat for lat in lats if lat > over_ms]
+        own = [lat for t, lat in txs if st["start"] <= t < end and lat > 1.5 * own_over(t, lat)]
         key = f"{i:02d} {st['step']}"
         out[key] = {
             "tx": len(lats),
             "slow": len(slow),
+            "slow_own_path": len(own),
             "p99_ms": round(pct(lats, 99), 2),
             "max_ms": round(max(lats, default=0.0), 1),
         }
@@ -207,11 +219,13 @@ def pct(values: list[float], p: float) -> float:
 
 
 class LockWaitSampler:
-    """Samples pg_stat_activity every 20 ms for pgbench sessions waiting on a lock; keeps the longest wait."""
+    """Samples pg_stat_activity every 20 ms for pgbench sessions waiting on a lock, keeping the longest wait, and
+    the migration's flag state, keeping when it changed (to tell which code path each transaction ran)."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.longest = 0.0
+        self.states: list[tuple[float, str]] = []  # (wall time first seen, state)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -219,12 +233,26 @@ class LockWaitSampler:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             while not self.stop.is_set():
                 row = conn.execute(
-                    "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - query_start)), 0) "
+                    "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - query_start)), 0), "
+                    "       migrator.flag_state(%s) "
                     "FROM pg_stat_activity WHERE application_name = 'pgbench' "
-                    "AND wait_event_type = 'Lock'"
+                    "AND wait_event_type = 'Lock'",
+                    [MIGRATION],
                 ).fetchone()
-                self.longest = max(self.longest, float(row[0]) if row else 0.0)
+                assert row is not None
+                self.longest = max(self.longest, float(row[0]))
+                if not self.states or self.states[-1][1] != row[1]:
+                    self.states.append((time.time(), str(row[1])))
                 time.sleep(0.02)
+
+    def state_at(self, when: float) -> str:
+        """The flag state last seen at or before `when` (the first one seen, before the first sample)."""
+        at = self.states[0][1] if self.states else ""
+        for t, st in self.states:
+            if t > when:
+                break
+            at = st
+        return at
 
     def __enter__(self) -> LockWaitSampler:
         self.thread.start()
@@ -327,7 +355,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--rate", type=float, default=200.0, help="pgbench -R: transactions per second")
     ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--baseline-seconds", type=int, default=30)
+    ap.add_argument("--baseline-seconds", type=int, default=60, help="length of windows (a) and (c)")
     ap.add_argument("--backfill-rate", type=float, default=0, help="backfill --max-rows-per-second (0: none)")
     ap.add_argument("--chunk-time", type=float, help="backfill --chunk-time (default: the backfill's)")
     ap.add_argument("--validate-rate", type=float, default=0, help="validate --max-rows-per-second (0: none)")
@@ -366,11 +394,23 @@ def main() -> None:
                 span_a = load.window(lambda: time.sleep(args.baseline_seconds))
             with LockWaitSampler(dsn) as sampler_b:
                 span_b = load.window(migrate)
+            # (c) the application on its new schema, with no job and none of migrator's triggers: the baseline of
+            # the requests that ran while the flag said contracted (the rollback from there runs while it does).
+            span_c = load.window(lambda: time.sleep(args.baseline_seconds if not errors else 0))
         duration_b = span_b[1] - span_b[0]
         if errors:
             # The lifecycle itself failed: say how, rather than a ledger check against tables that may not exist.
             raise SystemExit(f"the lifecycle failed after {len(steps)} steps: {errors[0]!r}")
-        base, mig = load.between(span_a), load.between(span_b)
+        base, mig, new = load.between(span_a), load.between(span_b), load.between(span_c)
+
+        def in_contracted(end: float, lat: float) -> bool:
+            """Whether a transaction started while the flag said contracted (it ran the new schema's code path)."""
+            return sampler_b.state_at(end - lat / 1000) == "contracted"
+
+        def own_p99(end: float, lat: float) -> float:
+            """The baseline p99 of the code path a transaction ran."""
+            return new["p99_ms"] if in_contracted(end, lat) else base["p99_ms"]
+
         with psycopg.connect(dsn) as conn:
             lost, differ, zombies, ids = conn.execute(LEDGER_CHECK).fetchone()  # type: ignore[misc]
             final_state = state.read(conn, spec).state
@@ -389,12 +429,19 @@ def main() -> None:
             "longest_lock_wait_ms": round(sampler_b.longest * 1000, 1),
             "steps": [{k: v for k, v in st.items() if k in ("step", "seconds")} for st in steps],
             # The tail, step by step: transactions over 1.5x the baseline's p99.
-            "slow_by_step": slow_by_step(mig["_tx"], steps, 1.5 * base["p99_ms"]) if steps else {},
+            "slow_by_step": slow_by_step(mig["_tx"], steps, 1.5 * base["p99_ms"], own_p99) if steps else {},
             "final_state": final_state,
             "error": str(errors[0]) if errors else None,
             "aborted": len(load.aborted()),
         },
         "p99_ratio": round(mig["p99_ms"] / max(base["p99_ms"], 1e-9), 2),
+        "new_schema": {
+            **public(new),
+            "p99_vs_legacy": round(new["p99_ms"] / max(base["p99_ms"], 1e-9), 2),
+            "lifecycle_tx_in_contracted": sum(1 for t, lat in mig["_tx"] if in_contracted(t, lat)),
+        },
+        # Each transaction against the baseline of the code path it ran (legacy, or the new schema in contracted).
+        "p99_ratio_own_path": round(pct([lat / max(own_p99(t, lat), 1e-9) for t, lat in mig["_tx"]], 99), 2),
         "ledger": {"ids_written": ids, "lost": lost, "differ": differ, "zombies": zombies},
         "lock_timeout_ms": LOCK_TIMEOUT_S * 1000,
         "aborted_examples": load.aborted()[:3],
@@ -414,7 +461,16 @@ def main() -> None:
             f"{b['aborted']}, p50 {b['p50_ms']} ms, p99 {b['p99_ms']} ms, max {b['max_ms']} ms, "
             f"final state {b['final_state']}"
         )
+        c = result["new_schema"]
+        print(
+            f"(c) new schema: {c['transactions']} tx, failed {c['failed']}, p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms "
+            f"({c['p99_vs_legacy']}x (a): the application's own queries on the split tables, no job, no trigger)"
+        )
         print(f"p99 ratio (b)/(a): {result['p99_ratio']} (goal <= 1.5)")
+        print(
+            f"p99 ratio, each transaction against its own code path's baseline ((c) for the "
+            f"{c['lifecycle_tx_in_contracted']} run in contracted, (a) otherwise): {result['p99_ratio_own_path']}"
+        )
         print(
             f"longest lock wait seen by a pgbench statement: {b['longest_lock_wait_ms']} ms "
             f"(goal < lock_timeout {result['lock_timeout_ms']:.0f} ms)"
@@ -428,7 +484,10 @@ def main() -> None:
         if slow:
             print(f"transactions over 1.5x the baseline p99 ({1.5 * a['p99_ms']:.2f} ms), by lifecycle step:")
             for k, v in slow.items():
-                print(f"  {k:24s} {v['slow']:5d} of {v['tx']:5d} tx, p99 {v['p99_ms']} ms, slowest {v['max_ms']} ms")
+                print(
+                    f"  {k:24s} {v['slow']:5d} of {v['tx']:5d} tx ({v['slow_own_path']} over 1.5x their own path's), "
+                    f"p99 {v['p99_ms']} ms, slowest {v['max_ms']} ms"
+                )
         if b["error"]:
             print(f"lifecycle error: {b['error']}")
         for ex in result["aborted_examples"]:

@@ -198,16 +198,28 @@ def save_progress(conn: Conn, spec: Spec, progress: dict[str, Any] | None) -> No
     )
 
 
+def _where(progress: dict[str, Any]) -> tuple[str, str]:
+    """The transition ("contract", "rollback from contracted") and how far it got."""
+    command, done, total = progress.get("command", "?"), int(progress.get("done", 0)), len(progress.get("steps", []))
+    what = f"rollback from {progress.get('from')}" if command == "rollback" else str(command)
+    return what, f"after step {done} of {total}" if done else f"before the first of {total} steps"
+
+
+def describe_running(progress: dict[str, Any], who: str) -> str:
+    """One line for `status` while the transition's command still runs (`who` holds the migration's lock)."""
+    what, where = _where(progress)
+    return f"{what} running, {where}, by {who} — wait for it; nothing to run"
+
+
 def describe_progress(progress: dict[str, Any]) -> str:
     """One line for `status` and for a refusal: what was interrupted, how far it got, and the way out."""
-    command, done, total = progress.get("command", "?"), int(progress.get("done", 0)), len(progress.get("steps", []))
-    where = f"after step {done} of {total}" if done else f"before the first of {total} steps"
-    if command == "rollback":
+    what, where = _where(progress)
+    if progress.get("command") == "rollback":
         return (
-            f"rollback from {progress.get('from')} interrupted {where} — run `migrator rollback` to finish it "
+            f"{what} interrupted {where} — run `migrator rollback` to finish it "
             "(each step it committed is kept; the state moves when the last one commits)"
         )
-    return f"{command} interrupted {where} — run `migrator {command}` to finish or `migrator rollback`"
+    return f"{what} interrupted {where} — run `migrator {what}` to finish or `migrator rollback`"
 
 
 # What undoes a transition interrupted part-way, by the command that recorded the progress: a `rollback` from the

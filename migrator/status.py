@@ -1,4 +1,5 @@
-"""`migrator status`: state, flags, table sizes and row counts, quarantine, and a transition left interrupted."""
+"""`migrator status`: state, flags, table sizes and row counts, quarantine, and a transition in flight (running now,
+or left interrupted)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import psycopg
 
 from migrator import jobs, lifecycle, state
-from migrator.db import Database
+from migrator.db import Database, advisory_key, lock_holder
 from migrator.engine.session import set_local
 from migrator.spec import Spec
 from migrator.sqlgen import names
@@ -44,6 +45,8 @@ class Status:
     # and the progress itself ({"command", "from", "steps", "done"}); None when nothing is in flight.
     interrupted: str | None = None
     progress: dict[str, Any] | None = None
+    # The same progress while its command still runs (another session holds the migration's lock): who runs it.
+    in_progress: str | None = None
     # Where `rollback` cannot go back from here, why ("no rollback from finalized: the archive is gone").
     no_rollback: str | None = None
     # The long jobs running now (migrator.jobs): what each does, how far, its pace, the signal holding it back.
@@ -96,7 +99,12 @@ def collect(db: Database, spec: Spec) -> Status:
             updated_by=st.updated_by,
         )
         progress = state.read_progress(conn, spec)
-        if progress is not None:
+        holder = lock_holder(conn, advisory_key(*state.lock_parts(spec))) if progress is not None else None
+        if progress is not None and holder is not None:
+            # Its command still runs: an on-call reading "interrupted, run X" would start X beside it.
+            result.progress, result.in_progress = progress, state.describe_running(progress, holder.describe())
+            result.next_command = None
+        elif progress is not None:
             result.progress, result.interrupted = progress, state.describe_progress(progress)
             # What finishes it comes next (in contracted, where no forward command is left: the rollback).
             result.next_command = str(progress.get("command") or result.next_command)

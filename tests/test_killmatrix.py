@@ -26,7 +26,7 @@ import pytest
 from psycopg import sql
 
 from migrator import guards, operations, state, status
-from migrator.db import Database
+from migrator.db import Database, advisory_lock
 from migrator.engine import actions
 from migrator.engine.context import Context
 from migrator.errors import GuardFailed, WrongState
@@ -384,6 +384,36 @@ def test_contracted_rollback_rerun_after_its_validation_refused(
     assert [t.role for t in st.tables][:1] == ["legacy (restored)"]
     assert _rollback(db, projects_spec) == [("contracted", "write_new")]
     _check(db, projects_spec, "write_new", "after the refused validation")
+
+
+def test_status_tells_a_transition_still_running_from_an_interrupted_one(
+    copy_of: Callable[[str], Database], projects_spec: Spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another session holds the migration's lock, recorded progress is shown as running (by whom), with no
+    command to run; once the lock is free, the same progress is shown as interrupted with the way out."""
+    db = copy_of("contracted")
+
+    def refuse(*_: object) -> None:
+        raise GuardFailed("`rollback` refused: 1 row differs")
+
+    monkeypatch.setattr(guards, "require_in_sync", refuse)
+    with pytest.raises(GuardFailed):
+        _rollback(db, projects_spec)
+    monkeypatch.undo()
+    with db.raw_connect(autocommit=True) as holder:
+        holder.execute("SET application_name = 'migrator-elsewhere'")
+        with advisory_lock(holder, *state.lock_parts(projects_spec)):
+            pid = holder.info.backend_pid
+            running = status.collect(db, projects_spec)
+            assert running.interrupted is None
+            assert running.next_command is None
+            assert (running.in_progress or "").startswith("rollback from contracted running, after step 2 of")
+            assert f"pid {pid} (migrator-elsewhere" in (running.in_progress or "")
+    left = status.collect(db, projects_spec)
+    assert left.in_progress is None
+    assert left.next_command == "rollback"
+    assert "after step 2 of" in (left.interrupted or "")
+    db.dispose()
 
 
 # -- finalize -----------------------------------------------------------------------------------------------

@@ -120,6 +120,8 @@ def status(app: App) -> None:
     console.out.print(f"state: [bold cyan]{st.state}[/]{nxt}")
     if st.interrupted:
         console.out.print(f"[bold yellow]interrupted:[/] {st.interrupted}")
+    if st.in_progress:
+        console.out.print(f"[bold cyan]in progress:[/] {st.in_progress}", highlight=False)
     if st.no_rollback:
         console.out.print(f"[bold red]{st.no_rollback}[/]")
     for line in st.job_lines:

@@ -22,6 +22,7 @@ statement was seen in, and the ledger check.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import re
@@ -197,9 +198,10 @@ def slow_by_step(
     out: dict[str, Any] = {}
     for i, st in enumerate(steps):
         end = steps[i + 1]["start"] if i + 1 < len(steps) else st["end"]
-        lats = [lat for t, lat in txs if st["start"] <= t < end]
+        during = [(t, lat) for t, lat in txs if st["start"] <= t < end]
+        lats = [lat for _, lat in during]
         slow = [lat for lat in lats if lat > over_ms]
-        own = [lat for t, lat in txs if st["start"] <= t < end and lat > 1.5 * own_over(t, lat)]
+        own = [lat for t, lat in during if lat > 1.5 * own_over(t, lat)]
         key = f"{i:02d} {st['step']}"
         out[key] = {
             "tx": len(lats),
@@ -247,12 +249,9 @@ class LockWaitSampler:
 
     def state_at(self, when: float) -> str:
         """The flag state last seen at or before `when` (the first one seen, before the first sample)."""
-        at = self.states[0][1] if self.states else ""
-        for t, st in self.states:
-            if t > when:
-                break
-            at = st
-        return at
+        if not self.states:
+            return ""
+        return self.states[max(0, bisect.bisect_right(self.states, when, key=lambda s: s[0]) - 1)][1]
 
     def __enter__(self) -> LockWaitSampler:
         self.thread.start()

@@ -14,6 +14,7 @@ from migrator.copy import reverse
 from migrator.db import Database
 from migrator.demo import Writer
 from migrator.engine.context import Context
+from migrator.engine.session import set_local
 from migrator.phases import contract, finalize, switch_reads, validate
 from migrator.phases.backfill import Backfill
 from migrator.phases.base import Phase
@@ -267,8 +268,7 @@ def test_reverse_backfill_chunks_probe_indexes(db: Database, projects_spec: Spec
     ]
     with conn.transaction():
         # A server that parallelizes eagerly (as one with a larger legacy table would at these sizes).
-        for setting in ("parallel_setup_cost", "parallel_tuple_cost", "min_parallel_table_scan_size"):
-            conn.execute(sql.SQL("SET LOCAL {} = 0").format(sql.Identifier(setting)))
+        set_local(conn, parallel_setup_cost=0, parallel_tuple_cost=0, min_parallel_table_scan_size=0)
         reverse.chunk_settings(conn)
         for what, stmt in statements:
             plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(stmt), params).fetchone()[0]

@@ -97,7 +97,7 @@ def reverse_backfill(
     """Make every legacy row equal the split rows, chunk by chunk (the split side is the truth now), waiting
     between chunks while `health` has a red signal and resting as the adaptive `pacer` says."""
     t0 = time.monotonic()
-    copy = _ReverseCopy(conn, spec, reporter, ChunkSizer(REVERSE_CHUNK_TIME), RateLimiter(max_rows_per_second))
+    copy = _ReverseCopy(conn, spec, reporter, RateLimiter(max_rows_per_second))
     copy.health = health
     copy.pacer = pacer or Pacer(None)
     if legacy_before_triggers(conn, spec):
@@ -261,7 +261,6 @@ class _ReverseCopy:
     conn: psycopg.Connection[Any]
     spec: Spec
     reporter: Reporter
-    sizer: ChunkSizer
     limiter: RateLimiter
     result: ReverseResult = field(default_factory=ReverseResult)
     health: Health | None = None
@@ -306,13 +305,13 @@ class _ReverseCopy:
         cursor: str | None = None
         # Each pass learns its own rows per second: the insert pass's key test is several times the refresh pass's
         # row comparison, and its rate would size the first refresh chunks as many times too long.
-        self.sizer = ChunkSizer(REVERSE_CHUNK_TIME)
+        sizer = ChunkSizer(REVERSE_CHUNK_TIME)
         while True:
             if self.health is not None:
                 self.health.wait_until_green(self.conn, threading.Event())
             bound, statement = stmts[cursor is None]
-            self.sizer.target = max(REVERSE_CHUNK_TIME * self.pacer.chunk_scale, REVERSE_ACTIVE_CHUNK_TIME)
-            size = self.sizer.next()
+            sizer.target = max(REVERSE_CHUNK_TIME * self.pacer.chunk_scale, REVERSE_ACTIVE_CHUNK_TIME)
+            size = sizer.next()
             c0 = time.monotonic()
             with self.pacer.working(), self.conn.transaction():
                 chunk_settings(self.conn)
@@ -327,7 +326,7 @@ class _ReverseCopy:
                         self.conn.execute(self.write_back[cursor is None], {"lo": cursor, "hi": hi})
                         set_local(self.conn, migrator__origin="split")
             boundary(self.conn)  # a chunk committed: the kill hook's statement boundary (tests)
-            self.sizer.observe(n, time.monotonic() - c0)
+            sizer.observe(n, time.monotonic() - c0)
             self.pacer.rest(time.monotonic() - c0)
             self.limiter.done(n)
             chunk_ms = round((time.monotonic() - c0) * 1000, 1)

@@ -12,7 +12,8 @@ turn (A, B, A, B…), and each setting's share of slow requests (over 1.5x the b
 A setting is NAME:CONSTANT=VALUE[,CONSTANT=VALUE...], each CONSTANT one of the module constants listed in TUNABLE.
 Jobs: backfill (expand, then the measured backfill, then a rollback to legacy that drops the split tables), reverse
 (the rollback from contracted, then contract again, unmeasured), guard (the guards' validation that switch-reads,
-switch-writes and contract run).
+switch-writes and contract run), sampler (the pace's sampler alone for 30 s, no chunk: what watching the application
+costs it; `SAMPLE_EVERY=1000` turns the sampling off).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ from migrator.verify import runner
 TUNABLE: dict[str, Any] = {
     "ACTIVE_CHUNK_SCALE": pace,
     "SLOWER": pace,
+    "TAIL": pace,
+    "SAMPLE_EVERY": pace,
+    "INCREASE": pace,
+    "DECREASE": pace,
     "MIN_DUTY": pace,
     "INITIAL_DUTY": pace,
     "MIN_KIND_STATEMENTS": pace,
@@ -79,7 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsn", default="postgresql://root@127.0.0.1/test")
     ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--job", choices=["backfill", "reverse", "guard"], default="reverse")
+    ap.add_argument("--job", choices=["backfill", "reverse", "guard", "sampler"], default="reverse")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("settings", nargs="+", type=setting, help="NAME:CONSTANT=VALUE[,...]; NAME: alone for defaults")
     args = ap.parse_args()
@@ -97,6 +102,13 @@ def main() -> None:
                 return lambda: Backfill(backfill.Options()).apply(ctx)
             if args.job == "reverse":
                 return lambda: operations.rollback(ctx, opts=RollbackOptions())
+            if args.job == "sampler":
+
+                def sample() -> None:
+                    with pace.Pacer(lambda: db.raw_connect(autocommit=True)):
+                        time.sleep(30)
+
+                return sample
             return lambda: guards.require_in_sync(db, spec, "pace_ab")
 
         def after() -> None:
@@ -113,6 +125,7 @@ def main() -> None:
             before = {
                 "backfill": [],
                 "guard": [Expand(), Backfill(backfill.Options(full_speed=True))],
+                "sampler": [Expand(), Backfill(backfill.Options(full_speed=True))],
                 "reverse": [
                     Expand(),
                     Backfill(backfill.Options(full_speed=True)),

@@ -63,6 +63,11 @@ from migrator.spec import Spec, load_spec  # noqa: E402
 
 MIGRATION = "core_project_split"
 LOCK_TIMEOUT_S = 0.5  # migrator's default DDL lock_timeout
+# How often the harness looks at pg_stat_activity, in all three windows alike. Reading the view costs the
+# application's requests too (bench/pace_ab.py --job sampler, session 15: the pace's 25 ms sampler alone put 1-3
+# points more of the requests over 3 ms): at 20 ms, and in (a) and (b) only, the harness slowed the windows it
+# compares, and not (c). 50 ms still sees any wait that nears the 500 ms lock_timeout.
+LOCK_SAMPLE_EVERY = 0.05
 
 # One transaction per script run. Writes go where the flags say; each write also appends to bench_ledger in the
 # same statement (data-modifying CTEs), so the final check knows the last committed write of every id.
@@ -221,8 +226,10 @@ def pct(values: list[float], p: float) -> float:
 
 
 class LockWaitSampler:
-    """Samples pg_stat_activity every 20 ms for pgbench sessions waiting on a lock, keeping the longest wait, and
-    the migration's flag state, keeping when it changed (to tell which code path each transaction ran)."""
+    """Samples pg_stat_activity every LOCK_SAMPLE_EVERY seconds for pgbench sessions waiting on a lock, keeping the
+    longest wait, and the migration's flag state, keeping when it changed (to tell which code path each transaction
+    ran). Its session is named as migrator's own, so that the pace does not take its statements for the
+    application's."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
@@ -232,7 +239,7 @@ class LockWaitSampler:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
+        with psycopg.connect(self.dsn, autocommit=True, application_name="migrator-bench") as conn:
             while not self.stop.is_set():
                 row = conn.execute(
                     "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - query_start)), 0), "
@@ -245,7 +252,7 @@ class LockWaitSampler:
                 self.longest = max(self.longest, float(row[0]))
                 if not self.states or self.states[-1][1] != row[1]:
                     self.states.append((time.time(), str(row[1])))
-                time.sleep(0.02)
+                time.sleep(LOCK_SAMPLE_EVERY)
 
     def state_at(self, when: float) -> str:
         """The flag state last seen at or before `when` (the first one seen, before the first sample)."""
@@ -395,7 +402,8 @@ def main() -> None:
                 span_b = load.window(migrate)
             # (c) the application on its new schema, with no job and none of migrator's triggers: the baseline of
             # the requests that ran while the flag said contracted (the rollback from there runs while it does).
-            span_c = load.window(lambda: time.sleep(args.baseline_seconds if not errors else 0))
+            with LockWaitSampler(dsn) as sampler_c:
+                span_c = load.window(lambda: time.sleep(args.baseline_seconds if not errors else 0))
         duration_b = span_b[1] - span_b[0]
         if errors:
             # The lifecycle itself failed: say how, rather than a ledger check against tables that may not exist.
@@ -437,6 +445,7 @@ def main() -> None:
         "new_schema": {
             **public(new),
             "p99_vs_legacy": round(new["p99_ms"] / max(base["p99_ms"], 1e-9), 2),
+            "longest_lock_wait_ms": round(sampler_c.longest * 1000, 1),
             "lifecycle_tx_in_contracted": sum(1 for t, lat in mig["_tx"] if in_contracted(t, lat)),
         },
         # Each transaction against the baseline of the code path it ran (legacy, or the new schema in contracted).

@@ -302,8 +302,7 @@ class Pacer:
 
     def _decide(self, now: float) -> None:
         """Adjust the pace from the statements seen."""
-        recent = [lat for end, lat, _, _ in self._statements if end >= now - RECENT]
-        resting = [lat for _, lat, clear, _ in self._statements if clear]
+        recent, resting, kinds, fresh = self._split(now)
         idle = len(recent) < MIN_STATEMENTS and not self._active
         if not idle and self.chunk_scale == 1.0:
             # The application started working after an idle spell: a slow start again, not full speed.
@@ -332,7 +331,7 @@ class Pacer:
             return
         else:
             self.chunk_scale = ACTIVE_CHUNK_SCALE
-            now_tail, rest_tail, which = self._slowest(now, recent, resting)
+            now_tail, rest_tail, which = _slowest(recent, resting, kinds)
             figures = f"{now_tail * 1000:.2f} vs {rest_tail * 1000:.2f} ms resting, {TAIL:.0%} of {which}"
             if now_tail > rest_tail * SLOWER:
                 if now - self._cut_at >= RECENT:
@@ -343,30 +342,49 @@ class Pacer:
                 self.duty = min(1.0, self.duty * INCREASE)
                 self.reason = f"application unaffected ({figures})"
             # Keep the resting figure fresh: when the last clear statements are old, rest once for new ones.
-            if not any(clear for end, _, clear, _ in self._statements if end >= now - RECENT):
+            if not fresh:
                 self._probe_due = True
         self.decisions += 1
         if self._on_change is not None and _crossed(self._reported, self.duty):
             self._reported = self.duty
             self._on_change(f"pace: {self.describe()}")
 
-    def _slowest(self, now: float, recent: list[float], resting: list[float]) -> tuple[float, float, str]:
-        """The recent and resting tails of the statements most slowed down: of all of them, or of one kind that ran
-        often enough to have a tail of its own."""
-        worst = (tail(recent), tail(resting), "its statements")
+    def _split(self, now: float) -> tuple[list[float], list[float], dict[str, tuple[list[float], list[float]]], bool]:
+        """One pass over the statements kept: the latencies of the recent ones and of the resting ones, all together
+        and by kind, and whether a recent one ran clear of the chunks. A pass once a second over up to REFERENCE
+        seconds of statements is the pacer's own work, on the cores the application shares (7,000 statements, about 30 s
+        of them at 200 requests a second: 3-4 ms a decision in four passes, 2.3 ms in one; session 15)."""
+        since = now - RECENT
+        recent: list[float] = []
+        resting: list[float] = []
         kinds: dict[str, tuple[list[float], list[float]]] = {}
+        fresh = False
         for end, lat, clear, kind in self._statements:
-            now_lat, rest_lat = kinds.setdefault(kind, ([], []))
-            if end >= now - RECENT:
-                now_lat.append(lat)
+            by_kind = kinds.get(kind)
+            if by_kind is None:
+                by_kind = kinds[kind] = ([], [])
+            if end >= since:
+                recent.append(lat)
+                by_kind[0].append(lat)
+                fresh = fresh or clear
             if clear:
-                rest_lat.append(lat)
-        for kind, (now_lat, rest_lat) in sorted(kinds.items()):
-            if len(now_lat) >= MIN_KIND_STATEMENTS and len(rest_lat) >= MIN_RESTING:
-                candidate = (tail(now_lat), tail(rest_lat), f"its {kind.upper() or '(unknown)'} statements")
-                if candidate[0] * worst[1] > worst[0] * candidate[1]:  # a larger ratio, without dividing by 0
-                    worst = candidate
-        return worst
+                resting.append(lat)
+                by_kind[1].append(lat)
+        return recent, resting, kinds, fresh
+
+
+def _slowest(
+    recent: list[float], resting: list[float], kinds: dict[str, tuple[list[float], list[float]]]
+) -> tuple[float, float, str]:
+    """The recent and resting tails of the statements most slowed down: of all of them, or of one kind that ran often
+    enough to have a tail of its own."""
+    worst = (tail(recent), tail(resting), "its statements")
+    for kind, (now_lat, rest_lat) in sorted(kinds.items()):
+        if len(now_lat) >= MIN_KIND_STATEMENTS and len(rest_lat) >= MIN_RESTING:
+            candidate = (tail(now_lat), tail(rest_lat), f"its {kind.upper() or '(unknown)'} statements")
+            if candidate[0] * worst[1] > worst[0] * candidate[1]:  # a larger ratio, without dividing by 0
+                worst = candidate
+    return worst
 
 
 def _crossed(before: float, after: float) -> bool:

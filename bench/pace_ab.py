@@ -122,10 +122,11 @@ def main() -> None:
         spans: list[tuple[str, tuple[float, float]]] = []
         with zd.Load(find_pgbench(), dsn, script, logdir, rate=200, clients=4, maxid=maxid) as load:
             base = load.window(lambda: time.sleep(30))
+            backfilled = [Expand(), Backfill(backfill.Options(full_speed=True))]
             before = {
                 "backfill": [],
-                "guard": [Expand(), Backfill(backfill.Options(full_speed=True))],
-                "sampler": [Expand(), Backfill(backfill.Options(full_speed=True))],
+                "guard": backfilled,
+                "sampler": backfilled,
                 "reverse": [
                     Expand(),
                     Backfill(backfill.Options(full_speed=True)),

@@ -64,7 +64,7 @@ from migrator.spec import Spec, load_spec  # noqa: E402
 MIGRATION = "core_project_split"
 LOCK_TIMEOUT_S = 0.5  # migrator's default DDL lock_timeout
 # How often the harness looks at pg_stat_activity, in all three windows alike. Reading the view costs the
-# application's requests too (bench/pace_ab.py --job sampler, session 15: the pace's 25 ms sampler alone put 1-3
+# application's requests too (bench/pace_ab.py --job sampler, session 15: the pace's 25 ms sampler alone put 1-4
 # points more of the requests over 3 ms): at 20 ms, and in (a) and (b) only, the harness slowed the windows it
 # compares, and not (c). 50 ms still sees any wait that nears the 500 ms lock_timeout.
 LOCK_SAMPLE_EVERY = 0.05

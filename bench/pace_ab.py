@@ -53,6 +53,7 @@ TUNABLE: dict[str, Any] = {
     "SLOWER": pace,
     "TAIL": pace,
     "SAMPLE_EVERY": pace,
+    "SPARSE_EVERY": pace,
     "INCREASE": pace,
     "DECREASE": pace,
     "MIN_DUTY": pace,

@@ -246,3 +246,33 @@ def test_while_the_application_works_the_workers_chunks_run_one_at_a_time() -> N
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
     full = _spans_of_two_workers(Pacer(None))
     assert any(a[1] > b[0] for a, b in itertools.pairwise(full))
+
+
+@pytest.mark.unit
+def test_the_tail_weighs_each_statement_by_the_samples_it_stands_for() -> None:
+    """Resting statements seen by sparse samples (each standing for 4 dense ones) and a few slowed ones seen densely
+    around the chunks: the tail is that of what ran (0.5% slowed: the resting latency), not of where the sampler
+    looked (1.8% of the statements seen); with every weight 1 it is the plain quantile."""
+    resting, near, slowed = [(0.001, 4.0)] * 300, [(0.001, 1.0)] * 20, [(0.003, 1.0)] * 6
+    assert pace.tail(resting + near + slowed) == 0.001
+    assert pace.tail([(lat, 1.0) for lat, _ in resting + near + slowed]) == 0.003
+    plain = [float(i) for i in range(250)]
+    assert pace.tail([(x, 1.0) for x in plain]) == sorted(plain)[int(len(plain) * pace.TAIL)]
+    assert pace.count(resting + near) == 1220
+
+
+@pytest.mark.db
+def test_the_sampler_looks_densely_only_around_the_jobs_chunks(db: Database) -> None:
+    """While the job rests the sampler reads pg_stat_activity every SPARSE_EVERY (reading it costs the application's
+    requests), and every SAMPLE_EVERY while a chunk runs: at least twice as many samples in the same time."""
+    with Pacer(lambda: db.raw_connect(autocommit=True)) as pacer:
+        assert wait_until(lambda: pacer.samples >= 1, timeout=5.0) is not None
+        start = pacer.samples
+        time.sleep(1.0)
+        resting = pacer.samples - start
+        with pacer.working():
+            start = pacer.samples
+            time.sleep(1.0)
+            working = pacer.samples - start
+    assert resting <= 1.0 / pace.SPARSE_EVERY + 2, (resting, working)
+    assert working >= 2 * resting, (resting, working)

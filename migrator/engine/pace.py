@@ -45,7 +45,15 @@ from migrator.engine.health import HIDDEN_SESSION
 
 log = logging.getLogger(__name__)
 
-SAMPLE_EVERY = 0.025  # seconds between two pg_stat_activity samples
+SAMPLE_EVERY = 0.025  # seconds between two pg_stat_activity samples while a chunk runs, and for DENSE_AFTER after it
+# Seconds between two samples while the job rests. Reading pg_stat_activity costs the application's requests too:
+# the sampler alone, every 25 ms, put 1.1-3.8 points more of them over 3 ms, every 100 ms 0.7 (bench/pace_ab.py
+# --job sampler, session 15); sampling everything every 50 ms instead was no better, as the pace then saw too few
+# of the statements the chunks slow. So the sampler looks densely where the chunks are, and sparsely between them,
+# where it only needs enough statements for the resting tail; each statement counts with the weight of the interval
+# it was seen in (a sparse sample sees about SPARSE_EVERY / SAMPLE_EVERY fewer), so the tails stay the tails of
+# what ran, not of where the sampler looked.
+SPARSE_EVERY = 0.1
 WINDOW = 1.0  # seconds between two decisions
 FIRST_WINDOW = 0.25  # the first decision comes sooner: on an idle server the job should not start at half speed
 RECENT = 3.0  # seconds of the application's statements whose tail is compared
@@ -53,6 +61,9 @@ REFERENCE = 30.0  # seconds of statements clear of the chunks that give the rest
 # After a chunk commits (asynchronously), the application's next commits flush its WAL: a statement ending this soon
 # after a chunk does not count as resting.
 GRACE = 0.05
+# Dense sampling goes on this long after a chunk ends: the statements it slowed end up to GRACE later, and are seen
+# at the sample after they end.
+DENSE_AFTER = GRACE + SAMPLE_EVERY
 MIN_STATEMENTS = 10  # application statements in RECENT before the tails are compared
 MIN_RESTING = 20  # statements clear of the chunks in REFERENCE before the tails are compared
 # Statements of one kind (their first keyword: select, update, with, commit...) in RECENT before that kind's tail is
@@ -114,10 +125,22 @@ SAMPLE_SQL = (
 )
 
 
-def tail(latencies: Sequence[float]) -> float:
-    """The TAIL quantile: the tail is what a copy hurts (commits behind its WAL, lock waits); the mean hardly
-    moves."""
-    return sorted(latencies)[min(len(latencies) - 1, int(len(latencies) * TAIL))] if latencies else 0.0
+Sample = list[tuple[float, float]]  # statements' (latency, weight)
+
+
+def tail(latencies: Sequence[tuple[float, float]]) -> float:
+    """The TAIL quantile of (latency, weight) pairs: the tail is what a copy hurts (commits behind its WAL, lock
+    waits); the mean hardly moves. Of n pairs of weight 1, the int(n * TAIL)-th smallest."""
+    if not latencies:
+        return 0.0
+    ordered = sorted(latencies)
+    target = TAIL * sum(w for _, w in ordered)
+    seen = 0.0
+    for latency, weight in ordered:
+        seen += weight
+        if seen > target:
+            return latency
+    return ordered[-1][0]
 
 
 class Pacer:
@@ -140,11 +163,13 @@ class Pacer:
         self._lock = threading.Lock()
         self._one_at_a_time = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a chunk started (or the job ends): the sampler samples densely from now
         self._thread: threading.Thread | None = None
         self._running: dict[int, float] = {}  # chunk in flight -> its start (monotonic)
         self._keys = itertools.count()
         self._chunks: deque[tuple[float, float]] = deque()  # recent chunks' (start, end)
-        self._statements: deque[tuple[float, float, bool, str]] = deque()  # (end, latency, resting, kind)
+        # (end, latency, resting, kind, weight)
+        self._statements: deque[tuple[float, float, bool, str, float]] = deque()
         # pid -> (start of the statement seen running, its start and last sight on our clock, its kind)
         self._running_seen: dict[int, tuple[Any, float, float, str]] = {}
         self._active = 0  # samples since the last decision with an application statement running
@@ -154,6 +179,7 @@ class Pacer:
         self._probe_due = False
         self._cut_at = float("-inf")  # when the duty was last cut for a slower application
         self.decisions = 0
+        self.samples = 0  # pg_stat_activity samples taken
         self._reported = self.duty  # the duty the last pace line said
 
     # -- the workers' side ---------------------------------------------------------------------------------------
@@ -167,6 +193,7 @@ class Pacer:
             with self._lock:
                 key = next(self._keys)
                 self._running[key] = started
+            self._wake.set()
             try:
                 yield
             finally:
@@ -211,6 +238,7 @@ class Pacer:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -226,13 +254,18 @@ class Pacer:
         self._running_seen.clear()
         with conn:
             conn.autocommit = True
-            while not self._stop.wait(SAMPLE_EVERY):
+            last = time.monotonic()
+            while self._next_sample(last):
                 try:
                     rows = conn.execute(SAMPLE_SQL).fetchall()
                 except psycopg.Error as exc:
                     log.warning("pacer: sampling failed (%s); the job keeps a %.0f%% duty", exc, self.duty * 100)
                     return
                 now = time.monotonic()
+                self.samples += 1
+                # A sample after a sparse interval stands for the dense ones that were not taken.
+                weight = min(max((now - last) / SAMPLE_EVERY, 1.0), max(SPARSE_EVERY / SAMPLE_EVERY, 1.0))
+                last = now
                 ended: list[tuple[float, float, str]] = []
                 for pid, running, started, took, _waits, ago, kind, _hidden in rows:
                     # A backend seen for the first time may have gone idle long ago: only what ends from now counts.
@@ -243,7 +276,24 @@ class Pacer:
                         ended.append((end - float(took), end, kind or ""))
                     self._sighted(pid, bool(running), started, float(ago or 0.0), kind or "", now, ended)
                 active, blocked, hidden = (sum(1 for r in rows if r[i]) for i in (1, 4, 7))
-                self.observe(ended, active, blocked, now, hidden=hidden)
+                self.observe(ended, active, blocked, now, hidden=hidden, weight=weight)
+
+    def _next_sample(self, last: float) -> bool:
+        """Wait until the next sample is due (densely while a chunk runs and DENSE_AFTER after it, sparsely
+        otherwise; a chunk that starts wakes the sampler); False once the job ends."""
+        while not self._stop.is_set():
+            now = time.monotonic()
+            left = last + self._interval(now) - now
+            if left <= 0:
+                return True
+            self._wake.wait(left)
+            self._wake.clear()
+        return False
+
+    def _interval(self, now: float) -> float:
+        with self._lock:
+            near = bool(self._running) or bool(self._chunks and now - self._chunks[-1][1] < DENSE_AFTER)
+        return SAMPLE_EVERY if near else max(SPARSE_EVERY, SAMPLE_EVERY)
 
     def _sighted(
         self, pid: int, running: bool, started: Any, age: float, kind: str, now: float, ended: list[Any]
@@ -267,14 +317,16 @@ class Pacer:
         blocked: int,
         now: float | None = None,
         hidden: int = 0,
+        weight: float = 1.0,
     ) -> None:
         """One sample: the application's statements that ended since the last one ((start, end, kind), monotonic
         seconds and the first keyword), its statements running now, its backends waiting on our locks, the sessions
-        this role may not look into. Decides once a window has passed."""
+        this role may not look into; `weight`, how many dense samples it stands for. Decides once a window has
+        passed."""
         now = time.monotonic() if now is None else now
         with self._lock:
             for start, end, kind in ended:
-                self._statements.append((end, end - start, self._clear(start, end), kind))
+                self._statements.append((end, end - start, self._clear(start, end), kind, weight))
             while self._statements and self._statements[0][0] < now - REFERENCE:
                 self._statements.popleft()
             while self._chunks and self._chunks[0][1] < now - REFERENCE:
@@ -303,7 +355,7 @@ class Pacer:
     def _decide(self, now: float) -> None:
         """Adjust the pace from the statements seen."""
         recent, resting, kinds, fresh = self._split(now)
-        idle = len(recent) < MIN_STATEMENTS and not self._active
+        idle = count(recent) < MIN_STATEMENTS and not self._active
         if not idle and self.chunk_scale == 1.0:
             # The application started working after an idle spell: a slow start again, not full speed.
             self.duty = min(self.duty, INITIAL_DUTY)
@@ -323,7 +375,7 @@ class Pacer:
             # Hardly anything runs besides us (a few statements a second at most): nobody to slow down.
             self.duty, self.chunk_scale = 1.0, 1.0
             self.reason = "no other sessions at work in the database"
-        elif len(resting) < MIN_RESTING:
+        elif count(resting) < MIN_RESTING:
             # The application is at work, but too few of its statements ran clear of the chunks to know its
             # resting latency: short chunks, and a rest long enough for some.
             self.chunk_scale = ACTIVE_CHUNK_SCALE
@@ -349,38 +401,42 @@ class Pacer:
             self._reported = self.duty
             self._on_change(f"pace: {self.describe()}")
 
-    def _split(self, now: float) -> tuple[list[float], list[float], dict[str, tuple[list[float], list[float]]], bool]:
-        """One pass over the statements kept: the latencies of the recent ones and of the resting ones, all together
-        and by kind, and whether a recent one ran clear of the chunks. A pass once a second over up to REFERENCE
-        seconds of statements is the pacer's own work, on the cores the application shares (7,000 statements, about 30 s
-        of them at 200 requests a second: 3-4 ms a decision in four passes, 2.3 ms in one; session 15)."""
+    def _split(self, now: float) -> tuple[Sample, Sample, dict[str, tuple[Sample, Sample]], bool]:
+        """One pass over the statements kept: the (latency, weight) pairs of the recent ones and of the resting ones,
+        all together and by kind, and whether a recent one ran clear of the chunks. A pass once a second over up to
+        REFERENCE seconds of statements is the pacer's own work, on the cores the application shares (7,000
+        statements, about 30 s of them at 200 requests a second: 3-4 ms a decision in four passes, 2.3 ms in one;
+        session 15)."""
         since = now - RECENT
-        recent: list[float] = []
-        resting: list[float] = []
-        kinds: dict[str, tuple[list[float], list[float]]] = {}
+        recent: Sample = []
+        resting: Sample = []
+        kinds: dict[str, tuple[Sample, Sample]] = {}
         fresh = False
-        for end, lat, clear, kind in self._statements:
+        for end, lat, clear, kind, weight in self._statements:
             by_kind = kinds.get(kind)
             if by_kind is None:
                 by_kind = kinds[kind] = ([], [])
             if end >= since:
-                recent.append(lat)
-                by_kind[0].append(lat)
+                recent.append((lat, weight))
+                by_kind[0].append((lat, weight))
                 fresh = fresh or clear
             if clear:
-                resting.append(lat)
-                by_kind[1].append(lat)
+                resting.append((lat, weight))
+                by_kind[1].append((lat, weight))
         return recent, resting, kinds, fresh
 
 
-def _slowest(
-    recent: list[float], resting: list[float], kinds: dict[str, tuple[list[float], list[float]]]
-) -> tuple[float, float, str]:
+def count(sample: Sample) -> float:
+    """How many statements a dense sampler would have seen (the minimums below are in those)."""
+    return sum(w for _, w in sample)
+
+
+def _slowest(recent: Sample, resting: Sample, kinds: dict[str, tuple[Sample, Sample]]) -> tuple[float, float, str]:
     """The recent and resting tails of the statements most slowed down: of all of them, or of one kind that ran often
     enough to have a tail of its own."""
     worst = (tail(recent), tail(resting), "its statements")
     for kind, (now_lat, rest_lat) in sorted(kinds.items()):
-        if len(now_lat) >= MIN_KIND_STATEMENTS and len(rest_lat) >= MIN_RESTING:
+        if count(now_lat) >= MIN_KIND_STATEMENTS and count(rest_lat) >= MIN_RESTING:
             candidate = (tail(now_lat), tail(rest_lat), f"its {kind.upper() or '(unknown)'} statements")
             if candidate[0] * worst[1] > worst[0] * candidate[1]:  # a larger ratio, without dividing by 0
                 worst = candidate

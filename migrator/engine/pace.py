@@ -15,6 +15,8 @@ works, and again whenever the application starts working after an idle spell. Th
 whole tail, not its statements during chunks alone: with short chunks at a high duty, every statement is near
 some chunk, and a comparison of statements during and between chunks found them alike while the tail was 3x
 (session 9). When too few statements ran clear of the chunks, a worker rests long enough for some to (a probe).
+The sampler looks every 25 ms while a chunk runs and just after, every 100 ms while the job rests (reading the view
+costs the application too), and weighs each statement by the dense samples its sample stands for.
 
 The duty cycle is the share of wall time the job works: after a chunk of t seconds a worker rests
 t * (1 - duty) / duty. While the application is at work, chunks are also short (a twentieth of --chunk-time): at the

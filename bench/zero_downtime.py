@@ -17,6 +17,7 @@ contracted runs while the application is on its new schema — (a) for the rest)
 statement was seen in, and the ledger check.
 
     python bench/zero_downtime.py --rows 200000
+    python bench/zero_downtime.py --rows 100000 --null 420   # the harness's own check: no migration at all
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from common import find_pgbench, scratch_database  # noqa: E402
 
 from migrator import lifecycle, operations, state  # noqa: E402
 from migrator.db import Database  # noqa: E402
+from migrator.engine import pace  # noqa: E402
 from migrator.engine.actions import run_actions  # noqa: E402
 from migrator.engine.context import Context, NullReporter  # noqa: E402
 from migrator.phases import backfill, contract, switch_reads, validate  # noqa: E402
@@ -355,6 +357,36 @@ SELECT count(*) FILTER (WHERE l.op <> 'd' AND p.id IS NULL) AS lost,
 """
 
 
+def null_run(pgbench: str, dsn: str, script: Path, logdir: Path, maxid: int, args: argparse.Namespace) -> None:
+    """The harness's own check: (a), then a window as long as a lifecycle with no migration at all, compared alike.
+    A ratio near 1 says a long window is not slower than the baseline by itself (a timed checkpoint, autovacuum)."""
+    with Load(pgbench, dsn, script, logdir, rate=args.rate, clients=args.clients, maxid=maxid) as load:
+        with LockWaitSampler(dsn):
+            span_a = load.window(lambda: time.sleep(args.baseline_seconds))
+        with LockWaitSampler(dsn):
+            span_b = load.window(lambda: time.sleep(args.null))
+    base, idle = load.between(span_a), load.between(span_b)
+    over = 1.5 * base["p99_ms"]
+
+    def share(window: dict[str, Any]) -> float:
+        return round(100 * sum(1 for _, lat in window["_tx"] if lat > over) / max(len(window["_tx"]), 1), 2)
+
+    result = {
+        "baseline": {**public(base), "over_1_5x_p99_percent": share(base)},
+        "null": {**public(idle), "seconds": args.null, "over_1_5x_p99_percent": share(idle)},
+        "p99_ratio": round(idle["p99_ms"] / max(base["p99_ms"], 1e-9), 2),
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    for name, w in (("(a) baseline", result["baseline"]), (f"(b) {args.null} s, no migration", result["null"])):
+        print(
+            f"{name}: {w['transactions']} tx, failed {w['failed']}, p99 {w['p99_ms']} ms, "
+            f"{w['over_1_5x_p99_percent']}% over 1.5x (a)'s p99"
+        )
+    print(f"p99 ratio with no migration: {result['p99_ratio']} (1 if the harness compares like with like)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsn", default="postgresql://root@127.0.0.1/test")
@@ -376,13 +408,31 @@ def main() -> None:
     )
     ap.add_argument("--full-speed", action="store_true", help="the long jobs without the adaptive pace")
     ap.add_argument("--steps", action="store_true", help="print the migration's step lines (pace changes too)")
+    ap.add_argument(
+        "--pace",
+        action="append",
+        default=[],
+        metavar="CONSTANT=VALUE",
+        help="set one of migrator/engine/pace.py's constants for this run (e.g. SLOWER=1.1); repeatable",
+    )
+    ap.add_argument(
+        "--null", type=int, default=0, metavar="SECONDS", help="no migration: window (b) is SECONDS of load alone"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    for item in args.pace:
+        name, _, value = item.partition("=")
+        if not name.isupper() or not hasattr(pace, name):
+            ap.error(f"--pace {item}: {name} is not a constant of migrator/engine/pace.py")
+        setattr(pace, name, type(getattr(pace, name))(value))
     pgbench = find_pgbench()
     spec = load_spec()
     with scratch_database(args.dsn, "bench_zd") as dsn, tempfile.TemporaryDirectory() as tmp:
         logdir = Path(tmp)
         script, maxid = prepare(dsn, spec, args.rows, logdir)
+        if args.null:
+            null_run(pgbench, dsn, script, logdir, maxid, args)
+            return
         db = Database(dsn)
 
         # (a) baseline, then (b) the whole lifecycle, under one load
@@ -427,6 +477,7 @@ def main() -> None:
         "rows": args.rows,
         "backfill_rate": args.backfill_rate,
         "mode": "tuned" if args.tuned else "full_speed" if args.full_speed else "default",
+        "pace": args.pace,
         "rate": args.rate,
         "clients": args.clients,
         "baseline": {**public(base), "longest_lock_wait_ms": round(sampler_a.longest * 1000, 1)},
@@ -459,6 +510,7 @@ def main() -> None:
     else:
         a, b = result["baseline"], result["migration"]
         mode = "hand-set caps (--tuned)" if args.tuned else "full speed" if args.full_speed else "default settings"
+        mode += "".join(f", pace {item}" for item in args.pace)
         print(f"rows {args.rows:,}, pgbench -R {args.rate:g} -c {args.clients}, long jobs at {mode}")
         print(
             f"(a) baseline : {a['transactions']} tx, failed {a['failed']}, "

@@ -93,9 +93,12 @@ DECREASE = 0.7
 # percentile instead: the pace ran about twice as fast and the writer's p99 was 2.8x (median of 3) against 2.2x.
 # SLOWER is below the goal's 1.5 because the server's statement times leave out what the client adds (its
 # scheduling, the network, transactions queued behind a slow one) and because the controller rides the edge it
-# is given: at 1.3 the writer's p99 was 1.84x its baseline (median of 3 runs), at 1.2 1.49x (session 10).
+# is given: at 1.3 the writer's p99 was 1.84x its baseline (median of 3 runs), at 1.2 1.49x (session 10). Through
+# a whole lifecycle every paced step slowed about the same share of the requests whatever its job and duty (the
+# edge sets it): at 1.2 the lifecycle's p99 was 1.53x (median of 3), at 1.1 1.43-1.44x, taking a fifth longer
+# (bench/zero_downtime.py, session 16).
 TAIL = 0.99
-SLOWER = 1.2
+SLOWER = 1.1
 # While the application is at work: 5 ms chunks. A request that overlaps a chunk is the one slowed (backfill alone,
 # 100k rows, session 12: of the requests that overlapped a chunk 17% were slow at 10 ms chunks, 9% at 5 ms; the
 # others 1.2-1.7% and 0.7-1.3%), and the pace rides its edge, so shorter chunks let the job work more for the same

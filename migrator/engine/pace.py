@@ -95,7 +95,7 @@ DECREASE = 0.7
 # scheduling, the network, transactions queued behind a slow one) and because the controller rides the edge it
 # is given: at 1.3 the writer's p99 was 1.84x its baseline (median of 3 runs), at 1.2 1.49x (session 10). Through
 # a whole lifecycle every paced step slowed about the same share of the requests whatever its job and duty (the
-# edge sets it): at 1.2 the lifecycle's p99 was 1.53x (median of 3), at 1.1 1.43-1.44x, taking a fifth longer
+# edge sets it): at 1.2 the lifecycle's p99 was 1.53x, at 1.1 1.44x (medians of 3), taking a fifth longer
 # (bench/zero_downtime.py, session 16).
 TAIL = 0.99
 SLOWER = 1.1
